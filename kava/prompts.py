@@ -1,0 +1,213 @@
+"""How examples become token sequences for the two modes (METHOD.md §1).
+
+Owns the text layout (`Q C P A <eos>` for the teacher, `Q <bot> z.. <eot> P A <eos>` for
+the student), the special-token ids, and padding into batches: left padding for anything
+that is decoded from (prefixes), right padding for teacher-forced tails. Each segment is
+tokenised on its own and the ids are concatenated, so a segment's tokens never depend on
+its neighbours. Does not own the model or any forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kava.config import MethodConfig
+
+BOT, EOT, LATENT = "<bot>", "<eot>", "<latent>"
+SPECIAL_TOKENS: tuple[str, str, str] = (BOT, EOT, LATENT)
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem in GSM8k-AUG layout: question, reasoning steps, final answer."""
+
+    question: str
+    steps: tuple[str, ...]
+    answer: str
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    bot: int
+    eot: int
+    latent: int
+    eos: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> TokenIds:
+        ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+        unk = getattr(tokenizer, "unk_token_id", None)
+        missing = [t for t, i in zip(SPECIAL_TOKENS, ids) if i is None or (unk is not None and i == unk)]
+        if missing:
+            raise ValueError(f"tokenizer lacks special token(s) {missing}; load it through kava.backbone")
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("tokenizer has no eos_token; set one before using it with kava")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        return cls(bot=ids[0], eot=ids[1], latent=ids[2], eos=eos, pad=pad)
+
+
+# 1. Text segments -----------------------------------------------------------------------
+def trace_text(steps: Sequence[str], config: MethodConfig) -> str:
+    """The CoT segment C, with the last step dropped when the config says so."""
+    if not config.uses_trace:
+        return ""
+    kept = list(steps[:-1]) if config.drop_last_step and len(steps) > 1 else list(steps)
+    return (" " + " ".join(s.strip() for s in kept)) if kept else ""
+
+
+def prompt_text(config: MethodConfig) -> str:
+    return " " + config.answer_prompt.strip()
+
+
+def answer_text(answer: str) -> str:
+    return " " + str(answer).strip()
+
+
+def _ids(tokenizer, text: str, *, specials: bool = False) -> list[int]:
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=specials)["input_ids"])
+
+
+def question_ids(tokenizer, question: str) -> list[int]:
+    """Q with the tokenizer's own BOS convention (Llama adds one, GPT-2/Qwen2 do not)."""
+    return _ids(tokenizer, question.strip(), specials=True)
+
+
+def prompt_ids(tokenizer, config: MethodConfig) -> list[int]:
+    return _ids(tokenizer, prompt_text(config))
+
+
+# 2. Padding ------------------------------------------------------------------------------
+def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) ids and 0/1 mask with padding on the left, so every row ends at column L-1."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Position ids that count only real tokens: (B, L) from a (B, L) mask, optionally
+    continuing from `offset` (B,) real tokens already in the cache. Pads get position 0
+    (they are masked, so the value only has to be a valid index)."""
+    pos = mask.long().cumsum(-1) - 1  # (B, L)
+    if offset is not None:
+        pos = pos + offset[:, None]
+    return pos.clamp(min=0) * mask.long()
+
+
+# 3. Batches ------------------------------------------------------------------------------
+@dataclass
+class PrefixBatch:
+    """Left-padded prompts to decode from: `Q <bot>` (student) or `Q` (teacher)."""
+
+    input_ids: torch.Tensor  # (B, Lq)
+    attention_mask: torch.Tensor  # (B, Lq)
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (B,) real tokens per row
+        return self.attention_mask.sum(-1)
+
+    def to(self, device: torch.device | str) -> PrefixBatch:
+        return PrefixBatch(self.input_ids.to(device), self.attention_mask.to(device))
+
+
+def encode_prefixes(tokenizer, questions: Sequence[str], ids: TokenIds, *, with_bot: bool) -> PrefixBatch:
+    rows = [question_ids(tokenizer, q) + ([ids.bot] if with_bot else []) for q in questions]
+    input_ids, mask = pad_left(rows, ids.pad)
+    return PrefixBatch(input_ids, mask)
+
+
+@dataclass
+class TrainBatch:
+    """Everything one training step reads, for both modes.
+
+    Teacher rows are right-padded `Q C P A <eos>`; the student reads a left-padded
+    `Q <bot>` prefix, M latent slots, then a right-padded `<eot> P A <eos>` suffix.
+    """
+
+    teacher_ids: torch.Tensor  # (B, Lt)
+    teacher_mask: torch.Tensor  # (B, Lt)
+    teacher_labels: torch.Tensor  # (B, Lt) next-token targets aligned to inputs, IGNORE off C P A <eos>
+    cot_mask: torch.Tensor  # (B, Lt) bool: positions of C
+    answer_mask: torch.Tensor  # (B, Lt) bool: positions of P A (the queries R-KV scores with)
+    teacher_codi_pos: torch.Tensor  # (B,) index of the last P token
+    prefix: PrefixBatch  # (B, Lq) `Q <bot>`
+    suffix_ids: torch.Tensor  # (B, La) `<eot> P A <eos>`
+    suffix_mask: torch.Tensor  # (B, La)
+    suffix_labels: torch.Tensor  # (B, La)
+    student_codi_pos: int  # index in the suffix of the last P token (same for every row)
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        moved["prefix"] = self.prefix.to(device)
+        return TrainBatch(**moved)
+
+
+def _shifted_labels(rows: list[list[int]], starts: list[int], width: int) -> torch.Tensor:
+    """Labels aligned with inputs: label[i] = token i+1 when token i+1 is supervised."""
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for b, (r, s) in enumerate(zip(rows, starts)):
+        for i in range(max(s - 1, 0), len(r) - 1):
+            labels[b, i] = r[i + 1]
+    return labels
+
+
+def encode_training_batch(tokenizer, examples: Sequence[Example], config: MethodConfig, ids: TokenIds) -> TrainBatch:
+    p_ids = prompt_ids(tokenizer, config)
+    teacher_rows, cot_spans, supervised_from = [], [], []
+    suffix_rows = []
+    for ex in examples:
+        q = question_ids(tokenizer, ex.question)
+        c = _ids(tokenizer, trace_text(ex.steps, config))
+        a = _ids(tokenizer, answer_text(ex.answer))
+        teacher_rows.append(q + c + p_ids + a + [ids.eos])
+        cot_spans.append((len(q), len(q) + len(c), len(q) + len(c) + len(p_ids) + len(a)))
+        supervised_from.append(len(q))
+        suffix_rows.append([ids.eot] + p_ids + a + [ids.eos])
+
+    t_ids, t_mask = pad_right(teacher_rows, ids.pad)
+    width = t_ids.shape[1]
+    cot_mask = torch.zeros_like(t_ids, dtype=torch.bool)
+    answer_mask = torch.zeros_like(t_ids, dtype=torch.bool)
+    codi_pos = torch.zeros(len(examples), dtype=torch.long)
+    for b, (c0, c1, a1) in enumerate(cot_spans):
+        cot_mask[b, c0:c1] = True
+        answer_mask[b, c1:a1] = True
+        codi_pos[b] = c1 + len(p_ids) - 1
+    s_ids, s_mask = pad_right(suffix_rows, ids.pad)
+    return TrainBatch(
+        teacher_ids=t_ids,
+        teacher_mask=t_mask,
+        teacher_labels=_shifted_labels(teacher_rows, supervised_from, width),
+        cot_mask=cot_mask,
+        answer_mask=answer_mask,
+        teacher_codi_pos=codi_pos,
+        prefix=encode_prefixes(tokenizer, [ex.question for ex in examples], ids, with_bot=True),
+        suffix_ids=s_ids,
+        suffix_mask=s_mask,
+        suffix_labels=_shifted_labels(suffix_rows, [1] * len(suffix_rows), s_ids.shape[1]),
+        student_codi_pos=len(p_ids),
+    )

@@ -1,0 +1,1 @@
+"""Training side of KaVa: data, recipes and loops that import `kava/`, never the server."""
