@@ -18,10 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from kava.backbone import KavaModel, _resize_with_mean_rows, load_base_model, load_tokenizer, resolve_device, resolve_dtype
+from kava.backbone import (
+    KavaModel,
+    _resize_with_mean_rows,
+    load_base_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 from kava.config import ConfigError, LoraSettings, MethodConfig
 from kava.prompts import SPECIAL_TOKENS, TokenIds
 
@@ -118,7 +125,7 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
     else:
         try:
             meta["kava_state"] = load_file(str(path / KAVA_WEIGHTS))
-        except (SafetensorsError, OSError) as e:
+        except (SafetensorError, OSError) as e:
             problems.append(f"{KAVA_WEIGHTS} is unreadable: {e}")
     if not any((path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
         problems.append("tokenizer files are missing (tokenizer.json / tokenizer_config.json)")
@@ -138,22 +145,34 @@ def _check_against_model(meta: dict[str, Any], tokenizer, lm, problems: list[str
     if vocab != meta["vocab_size"]:
         problems.append(f"vocab_size: base+tokenizer give {vocab}, adapter was trained with {meta['vocab_size']}")
     if dim != meta["hidden_size"]:
-        problems.append(f"hidden_size: base model has {dim}, adapter expects {meta['hidden_size']} "
-                        f"(wrong base model? adapter was trained on {meta['base_model']!r})")
+        problems.append(
+            f"hidden_size: base model has {dim}, adapter expects {meta['hidden_size']} "
+            f"(wrong base model? adapter was trained on {meta['base_model']!r})"
+        )
     state = meta["kava_state"]
     rows = state.get("special_rows")
     if rows is None or tuple(rows.shape) != (3, meta["hidden_size"]):
-        problems.append(f"{KAVA_WEIGHTS}: special_rows should be (3, {meta['hidden_size']}), "
-                        f"got {None if rows is None else tuple(rows.shape)}")
+        problems.append(
+            f"{KAVA_WEIGHTS}: special_rows should be (3, {meta['hidden_size']}), "
+            f"got {None if rows is None else tuple(rows.shape)}"
+        )
     has_prj = any(k.startswith("projection.") for k in state)
     if has_prj != meta["method_config"].use_projection:
-        problems.append(f"{KAVA_WEIGHTS}: projection weights {'present' if has_prj else 'absent'} but "
-                        f"use_projection={meta['method_config'].use_projection}")
+        problems.append(
+            f"{KAVA_WEIGHTS}: projection weights {'present' if has_prj else 'absent'} but "
+            f"use_projection={meta['method_config'].use_projection}"
+        )
 
 
-def load_adapter(path: str | Path, *, base_model: str | Path | None = None, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
-                 trainable: bool = False) -> KavaModel:
+def load_adapter(
+    path: str | Path,
+    *,
+    base_model: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+    trainable: bool = False,
+) -> KavaModel:
     """Base model + adapter -> KavaModel. `base_model` overrides the recorded id (e.g. a
     local copy of the hub model). Raises AdapterError naming every problem."""
     from peft import PeftModel
@@ -178,15 +197,52 @@ def load_adapter(path: str | Path, *, base_model: str | Path | None = None, devi
     if meta["lora_settings"] is not None:
         lm = PeftModel.from_pretrained(lm, str(path), is_trainable=trainable)
     model = KavaModel(lm, tok, meta["method_config"], meta["base_model"], meta["lora_settings"])
-    state = {k: v.to(device=dev, dtype=dt) for k, v in meta["kava_state"].items()}
+    _load_kava_state(model, meta, path)
+    model.special_rows.requires_grad_(trainable)
+    for p in model.projection.parameters():
+        p.requires_grad_(trainable)
+    model.train(trainable)
+    return model
+
+
+def _load_kava_state(model: KavaModel, meta: dict[str, Any], path: Path) -> None:
+    state = {k: v.to(device=model.device, dtype=model.dtype) for k, v in meta["kava_state"].items()}
     with torch.no_grad():
         model.special_rows.copy_(state.pop("special_rows"))
         prj = {k.removeprefix("projection."): v for k, v in state.items()}
         missing, unexpected = model.projection.load_state_dict(prj, strict=False)
         if missing or unexpected:
             raise AdapterError(path, [f"{KAVA_WEIGHTS}: projection keys missing {missing}, unexpected {unexpected}"])
-    model.special_rows.requires_grad_(trainable)
-    for p in model.projection.parameters():
-        p.requires_grad_(trainable)
-    model.train(trainable)
-    return model
+
+
+def attach_adapter(model: KavaModel, path: str | Path, name: str) -> KavaModel:
+    """Load another adapter onto the base already held by `model` (peft multi-adapter):
+    the returned KavaModel shares the base weights and owns its own LoRA weights,
+    projection, special rows and method config. Call `.activate()` before using it
+    (`solve_batch` does)."""
+    path = Path(path)
+    meta = read_adapter_config(path)
+    problems: list[str] = []
+    tok = load_tokenizer(path)
+    _check_against_model(meta, tok, model.lm, problems)
+    if meta["lora_settings"] is None or not hasattr(model.lm, "load_adapter"):
+        problems.append("attaching needs LoRA adapters on both sides (a peft-wrapped base)")
+    if name in getattr(model.lm, "peft_config", {}):
+        problems.append(f"adapter name {name!r} is already loaded")
+    if problems:
+        raise AdapterError(path, problems)
+    model.lm.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    other = KavaModel(model.lm, tok, meta["method_config"], meta["base_model"], meta["lora_settings"])
+    other.adapter_name = name
+    _load_kava_state(other, meta, path)
+    other.eval()
+    return other
+
+
+def detach_adapter(model: KavaModel) -> None:
+    """Free an attached adapter's LoRA weights from the shared peft model."""
+    if model.adapter_name == "default":
+        raise ValueError("the first adapter owns the base; unload the whole model instead")
+    if model.lm.active_adapter == model.adapter_name:
+        model.lm.set_adapter("default")
+    model.lm.delete_adapter(model.adapter_name)

@@ -1,7 +1,7 @@
 """Answers compared as numbers (METHOD.md §6): the last number in a text, commas removed.
 
-Owns number parsing and normalisation for evaluation and for the server's `answer`
-field. Does not own any model code.
+Owns number parsing and normalisation for evaluation, data loading and the server's
+`answer` field. Does not own any model code.
 """
 
 from __future__ import annotations
@@ -9,28 +9,29 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# a number not glued to a word: optional minus, 1,000-style groups or plain digits, decimals, .5
+_NUMBER = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)")
 
 
-def normalize_number(token: str) -> str | None:
-    """'1,000' -> '1000', '3.50' -> '3.5', '7.' -> '7', '-0' -> '0'; None if not a number."""
+def parse_number(text: str) -> str | None:
+    """The last number in `text`, commas removed and normalised ("3.50" -> "3.5",
+    "1,000" -> "1000", "7." -> "7"); None if there is none."""
+    found = _NUMBER.findall(str(text))
+    if not found:
+        return None
     try:
-        value = Decimal(token.replace(",", "").rstrip("."))
-    except InvalidOperation:
+        value = Decimal(found[-1].replace(",", ""))
+    except InvalidOperation:  # the pattern only admits valid literals; be safe at the boundary
         return None
     if value == value.to_integral_value():
         return str(int(value))
     return format(value.normalize(), "f")
 
 
-def parse_number(text: str) -> str | None:
-    """The last number in `text`, normalised; None when there is none."""
-    found = _NUMBER.findall(text or "")
-    for token in reversed(found):
-        norm = normalize_number(token)
-        if norm is not None:
-            return norm
-    return None
+def same_number(a: str | None, b: str | None) -> bool:
+    """Whether the last numbers in `a` and `b` are equal (False when either has none)."""
+    x, y = parse_number(a or ""), parse_number(b or "")
+    return x is not None and y is not None and Decimal(x) == Decimal(y)
 
 
 def extract_answer(text: str, answer_prompt: str | None = None) -> str | None:
@@ -39,10 +40,3 @@ def extract_answer(text: str, answer_prompt: str | None = None) -> str | None:
     if answer_prompt and answer_prompt.strip() in text:
         text = text.rsplit(answer_prompt.strip(), 1)[1]
     return parse_number(text)
-
-
-def answers_match(predicted: str | None, reference: str | None) -> bool:
-    if predicted is None or reference is None:
-        return False
-    a, b = normalize_number(predicted), normalize_number(reference)
-    return a is not None and a == b

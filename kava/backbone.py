@@ -12,7 +12,9 @@ the method needs (layers, KV heads) are read from the KV cache itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +28,14 @@ from kava.prompts import SPECIAL_TOKENS, TokenIds
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -59,9 +67,12 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_base_model(name_or_path: str | Path, *, dtype: torch.dtype, device: torch.device,
-                    attn_implementation: str = "sdpa") -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, attn_implementation=attn_implementation)
+def load_base_model(
+    name_or_path: str | Path, *, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(
+        str(name_or_path), dtype=dtype, attn_implementation=attn_implementation
+    )
     return model.to(device)
 
 
@@ -105,14 +116,21 @@ class StepOutput:
 class KavaModel(nn.Module):
     """Backbone (optionally peft-wrapped) + projection + special-token input rows."""
 
-    def __init__(self, lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: MethodConfig,
-                 base_model_id: str, lora: LoraSettings | None):
+    def __init__(
+        self,
+        lm: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        config: MethodConfig,
+        base_model_id: str,
+        lora: LoraSettings | None,
+    ):
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
         self.config = config
         self.base_model_id = base_model_id
         self.lora = lora
+        self.adapter_name = "default"  # peft's name for this adapter's LoRA weights in `lm`
         self.ids = TokenIds.from_tokenizer(tokenizer)
         emb = self.input_embeddings.weight
         dim = emb.shape[1]
@@ -138,6 +156,11 @@ class KavaModel(nn.Module):
     def hidden_size(self) -> int:
         return self.special_rows.shape[1]
 
+    def activate(self) -> None:
+        """Select this adapter's LoRA weights when several adapters share one peft model."""
+        if hasattr(self.lm, "set_adapter") and self.lm.active_adapter != self.adapter_name:
+            self.lm.set_adapter(self.adapter_name)
+
     # The one forward ------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
         e = self.input_embeddings(input_ids)  # (B, L, D)
@@ -146,18 +169,52 @@ class KavaModel(nn.Module):
             e = torch.where(hit, self.special_rows[k].to(e.dtype), e)
         return e
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                cache: DynamicCache | None = None, *, all_hidden: bool = False,
-                attentions: bool = False) -> StepOutput:
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: DynamicCache | None = None,
+        *,
+        all_hidden: bool = False,
+        attentions: bool = False,
+    ) -> StepOutput:
         """One pass of `inputs_embeds` (B, L, D) on top of `cache`; `attention_mask` covers
         cache + new tokens (B, L_cache + L); `position_ids` (B, L) count real tokens."""
         cache = cache if cache is not None else DynamicCache()
-        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                      cache=cache, use_cache=True, output_hidden_states=True, output_attentions=attentions)
+        with self._eager_attention(attentions):
+            out = self.lm(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+                output_hidden_states=True,
+                output_attentions=attentions,
+            )
         hs = out.hidden_states  # embeddings + one per layer
-        return StepOutput(logits=out.logits, cache=out.cache, hidden=hs[-1],
-                          hidden_states=tuple(hs[1:]) if all_hidden else None,
-                          attentions=tuple(out.attentions) if attentions else None)
+        return StepOutput(
+            logits=out.logits,
+            cache=out.cache,
+            hidden=hs[-1],
+            hidden_states=tuple(hs[1:]) if all_hidden else None,
+            attentions=tuple(out.attentions) if attentions else None,
+        )
+
+    @contextlib.contextmanager
+    def _eager_attention(self, needed: bool) -> Iterator[None]:
+        """Fused attention kernels return no weights; R-KV's importance needs them in the
+        teacher pass only, so switch to eager for that pass and back."""
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        previous = base.config._attn_implementation
+        if not needed or previous == "eager":
+            yield
+            return
+        base.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            base.set_attn_implementation(previous)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:  # (B, *, D) -> (B, *, D)
         return self.projection(h)
@@ -169,28 +226,36 @@ class KavaModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def build_model(base_model: str | Path, config: MethodConfig, lora: LoraSettings | None = LoraSettings(), *,
-                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                attn_implementation: str | None = None) -> KavaModel:
+def build_model(
+    base_model: str | Path,
+    config: MethodConfig,
+    lora: LoraSettings | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+) -> KavaModel:
     """Fresh KaVa model on a base: tokens added, rows resized, LoRA attached (untrained).
-
-    Eviction variants that read attention weights need eager attention in the teacher
-    pass; `attn_implementation=None` picks eager exactly when the config needs it."""
+    `lora=None` means the METHOD.md defaults; pass `LoraSettings(enabled=False)` for none."""
     from peft import LoraConfig, get_peft_model
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if attn_implementation is None:
-        needs_attn = config.uses_kv_loss and config.eviction in ("rkv", "importance")
-        attn_implementation = "eager" if needs_attn else "sdpa"
     tok = load_tokenizer(base_model)
     lm = load_base_model(base_model, dtype=dt, device=dev, attn_implementation=attn_implementation)
     _resize_with_mean_rows(lm, len(tok))
     for p in lm.parameters():
         p.requires_grad_(False)
-    if lora is not None and lora.enabled:
+    lora = lora if lora is not None else LoraSettings()
+    if lora.enabled:
         target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
-        peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                              task_type="CAUSAL_LM", **lora.extra)
+        peft_cfg = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=target,
+            task_type="CAUSAL_LM",
+            **lora.extra,
+        )
         lm = get_peft_model(lm, peft_cfg)
     return KavaModel(lm, tok, config, str(base_model), lora)

@@ -100,9 +100,7 @@ def _check_inputs(
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam={lam} must lie in [0, 1]")
     if keys.dim() != 5 or values.shape[:4] != keys.shape[:4]:
-        raise ValueError(
-            f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must both be (B, Λ, Hkv, N, d)"
-        )
+        raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must both be (B, Λ, Hkv, N, d)")
     B, L, Hkv, N, _ = keys.shape
     if cot_mask.shape != (B, N):
         raise ValueError(f"cot_mask has shape {tuple(cot_mask.shape)}; expected (B, N) = {(B, N)}")
@@ -111,8 +109,7 @@ def _check_inputs(
             raise ValueError(f"variant={variant!r} needs attention from answer_attention(); got None")
         if attention.dim() != 4 or attention.shape[:2] != (B, L) or attention.shape[3] != N:
             raise ValueError(
-                f"attention has shape {tuple(attention.shape)}; expected (B, Λ, Hq, N) with "
-                f"(B, Λ, N) = {(B, L, N)}"
+                f"attention has shape {tuple(attention.shape)}; expected (B, Λ, Hq, N) with (B, Λ, N) = {(B, L, N)}"
             )
         if attention.shape[2] % Hkv != 0:
             raise ValueError(f"attention has Hq={attention.shape[2]} heads, not a multiple of Hkv={Hkv}")

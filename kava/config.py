@@ -63,12 +63,21 @@ class MethodConfig:
     def __post_init__(self) -> None:
         p: list[str] = []
         _check(p, self.objective in OBJECTIVES, f"objective={self.objective!r}: must be one of {OBJECTIVES}")
-        _check(p, isinstance(self.num_latents, int) and self.num_latents > 0,
-               f"num_latents={self.num_latents!r}: must be an integer >= 1 (M latent slots)")
-        _check(p, isinstance(self.num_iterations, int) and self.num_iterations >= 0,
-               f"num_iterations={self.num_iterations!r}: must be an integer >= 0 (T Jacobi iterations)")
-        _check(p, isinstance(self.answer_prompt, str) and self.answer_prompt.strip() != "",
-               f"answer_prompt={self.answer_prompt!r}: must be a non-empty string")
+        _check(
+            p,
+            isinstance(self.num_latents, int) and self.num_latents > 0,
+            f"num_latents={self.num_latents!r}: must be an integer >= 1 (M latent slots)",
+        )
+        _check(
+            p,
+            isinstance(self.num_iterations, int) and self.num_iterations >= 0,
+            f"num_iterations={self.num_iterations!r}: must be an integer >= 0 (T Jacobi iterations)",
+        )
+        _check(
+            p,
+            isinstance(self.answer_prompt, str) and self.answer_prompt.strip() != "",
+            f"answer_prompt={self.answer_prompt!r}: must be a non-empty string",
+        )
         for name in ("student_ce_weight", "teacher_ce_weight", "codi_weight", "kv_weight"):
             v = getattr(self, name)
             _check(p, isinstance(v, (int, float)) and v >= 0, f"{name}={v!r}: must be a number >= 0")
@@ -76,8 +85,7 @@ class MethodConfig:
         _check(p, self.kv_loss in KV_LOSSES, f"kv_loss={self.kv_loss!r}: must be one of {KV_LOSSES}")
         _check(p, self.eviction in EVICTIONS, f"eviction={self.eviction!r}: must be one of {EVICTIONS}")
         lam = self.eviction_lambda
-        _check(p, isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0,
-               f"eviction_lambda={lam!r}: must be in [0, 1]")
+        _check(p, isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0, f"eviction_lambda={lam!r}: must be in [0, 1]")
         _check(p, self.kv_key_space in KEY_SPACES, f"kv_key_space={self.kv_key_space!r}: must be one of {KEY_SPACES}")
         if p:
             raise ConfigError("invalid MethodConfig: " + "; ".join(p))
@@ -136,11 +144,17 @@ class LoraSettings:
         p: list[str] = []
         _check(p, isinstance(self.r, int) and self.r > 0, f"lora.r={self.r!r}: must be an integer >= 1")
         _check(p, isinstance(self.alpha, (int, float)) and self.alpha > 0, f"lora.alpha={self.alpha!r}: must be > 0")
-        _check(p, isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
-               f"lora.dropout={self.dropout!r}: must be in [0, 1)")
+        _check(
+            p,
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            f"lora.dropout={self.dropout!r}: must be in [0, 1)",
+        )
         tm = self.target_modules
-        _check(p, (isinstance(tm, str) and tm != "") or (isinstance(tm, (tuple, list)) and len(tm) > 0),
-               f"lora.target_modules={tm!r}: must be 'all-linear' or a non-empty list of module names")
+        _check(
+            p,
+            (isinstance(tm, str) and tm != "") or (isinstance(tm, (tuple, list)) and len(tm) > 0),
+            f"lora.target_modules={tm!r}: must be 'all-linear' or a non-empty list of module names",
+        )
         if p:
             raise ConfigError("invalid LoraSettings: " + "; ".join(p))
         if isinstance(tm, list):
@@ -148,7 +162,9 @@ class LoraSettings:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["target_modules"] = list(self.target_modules) if not isinstance(self.target_modules, str) else self.target_modules
+        d["target_modules"] = (
+            list(self.target_modules) if not isinstance(self.target_modules, str) else self.target_modules
+        )
         return d
 
     @classmethod

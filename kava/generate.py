@@ -84,8 +84,11 @@ def cache_bytes(cache: DynamicCache) -> int:
 
 def bytes_per_token(cache: DynamicCache) -> int:
     """KV bytes one token costs across all layers: 2 (K, V) x Hkv x d x element size."""
-    return sum(layer.keys.shape[1] * layer.keys.shape[3] * layer.keys.element_size() * 2
-               for layer in cache.layers if layer.is_initialized)
+    return sum(
+        layer.keys.shape[1] * layer.keys.shape[3] * layer.keys.element_size() * 2
+        for layer in cache.layers
+        if layer.is_initialized
+    )
 
 
 @dataclass
@@ -97,9 +100,15 @@ class Decoded:
     peak_bytes: int
 
 
-def greedy_decode(model: KavaModel, cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor,
-                  logits: torch.Tensor, max_new_tokens: Sequence[int],
-                  is_cancelled: Callable[[int], bool] | None = None) -> Decoded:
+def greedy_decode(
+    model: KavaModel,
+    cache: DynamicCache,
+    mask: torch.Tensor,
+    lengths: torch.Tensor,
+    logits: torch.Tensor,
+    max_new_tokens: Sequence[int],
+    is_cancelled: Callable[[int], bool] | None = None,
+) -> Decoded:
     """Greedy decoding from `logits` (B, V); a row leaves the batch at `<eos>`, at its own
     `max_new_tokens`, or when `is_cancelled(row)` says so. The method tokens are never emitted."""
     b = logits.shape[0]
@@ -150,10 +159,17 @@ def nearest_tokens(model: KavaModel, latents: torch.Tensor) -> list[list[str]]:
 
 
 @torch.inference_mode()
-def solve_batch(model: KavaModel, questions: Sequence[str], *, mode: Mode = "latent",
-                num_iterations: int | None = None, max_new_tokens: int | Sequence[int] = 64,
-                sequential: bool | None = None, return_latents: bool = False,
-                is_cancelled: Callable[[int], bool] | None = None) -> BatchOutput:
+def solve_batch(
+    model: KavaModel,
+    questions: Sequence[str],
+    *,
+    mode: Mode = "latent",
+    num_iterations: int | None = None,
+    max_new_tokens: int | Sequence[int] = 64,
+    sequential: bool | None = None,
+    return_latents: bool = False,
+    is_cancelled: Callable[[int], bool] | None = None,
+) -> BatchOutput:
     """Answer a batch of questions.
 
     latent: prefill `Q <bot>` -> init pass -> T Jacobi iterations (or M sequential latent
@@ -163,6 +179,7 @@ def solve_batch(model: KavaModel, questions: Sequence[str], *, mode: Mode = "lat
         raise ValueError(f"mode={mode!r}: must be one of {MODES}")
     if not questions:
         raise ValueError("questions: need at least one")
+    model.activate()
     cfg = model.config
     b = len(questions)
     limits = [max_new_tokens] * b if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -179,8 +196,9 @@ def solve_batch(model: KavaModel, questions: Sequence[str], *, mode: Mode = "lat
     if latent:
         m = cfg.num_latents
         t = cfg.num_iterations if num_iterations is None else num_iterations
-        lat = run_latents(model, pre, num_latents=m, num_iterations=t,
-                          sequential=cfg.sequential if sequential is None else sequential)
+        lat = run_latents(
+            model, pre, num_latents=m, num_iterations=t, sequential=cfg.sequential if sequential is None else sequential
+        )
         # `<eot> P` is the same for every row, so this pass needs no padding
         suffix = torch.tensor([[model.ids.eot] + prompt_ids(model.tokenizer, cfg)], device=model.device)
         s = suffix.shape[1]
@@ -211,15 +229,17 @@ def solve_batch(model: KavaModel, questions: Sequence[str], *, mode: Mode = "lat
         n_gen = len(dec.tokens[i])
         # the last generated token is never fed back, so it never occupies the cache
         held = held_before[i] + max(n_gen - 1, 0)
-        results.append(SolveResult(
-            text=text.strip(),
-            answer=extract_answer(text, cfg.answer_prompt),
-            finish_reason=dec.finish[i],
-            prompt_tokens=prompt_lens[i],
-            latent_tokens=m,
-            generated_tokens=n_gen,
-            forward_passes=stats.passes["prefill"] + stats.passes["latent"] + dec.passes_per_row[i],
-            kv_cache_bytes=held * per_token,
-            latent_nearest_tokens=nearest[i] if nearest is not None else None,
-        ))
+        results.append(
+            SolveResult(
+                text=text.strip(),
+                answer=extract_answer(text, cfg.answer_prompt),
+                finish_reason=dec.finish[i],
+                prompt_tokens=prompt_lens[i],
+                latent_tokens=m,
+                generated_tokens=n_gen,
+                forward_passes=stats.passes["prefill"] + stats.passes["latent"] + dec.passes_per_row[i],
+                kv_cache_bytes=held * per_token,
+                latent_nearest_tokens=nearest[i] if nearest is not None else None,
+            )
+        )
     return BatchOutput(results, stats)

@@ -51,8 +51,9 @@ class KeyRecorder:
 def capture_pre_rope_keys(model: nn.Module, *, enabled: bool = True) -> Iterator[KeyRecorder]:
     modules = _key_projections(model) if enabled else []
     rec = KeyRecorder(len(modules))
-    handles = [m.register_forward_hook(lambda _m, _i, out, i=i: rec.calls[i].append(out))
-               for i, m in enumerate(modules)]
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out, i=i: rec.calls[i].append(out)) for i, m in enumerate(modules)
+    ]
     try:
         yield rec
     finally:

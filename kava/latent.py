@@ -54,8 +54,13 @@ def cache_kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def prefill(model: KavaModel, prefix: PrefixBatch) -> Prefix:
     mask = prefix.attention_mask  # (B, Lp)
     out = model(model.embed(prefix.input_ids), mask, positions(mask))
-    return Prefix(kv=cache_kv(out.cache), mask=mask, lengths=mask.sum(-1),
-                  last_hidden=out.hidden[:, -1], last_logits=out.logits[:, -1])
+    return Prefix(
+        kv=cache_kv(out.cache),
+        mask=mask,
+        lengths=mask.sum(-1),
+        last_hidden=out.hidden[:, -1],
+        last_logits=out.logits[:, -1],
+    )
 
 
 # 2. One pass of M slots on top of the prefix --------------------------------------------
@@ -86,8 +91,14 @@ def jacobi_latents(model: KavaModel, prefix: Prefix, num_latents: int, num_itera
     for _ in range(num_iterations):
         x = shift_update(model, prefix.last_hidden, out.hidden)  # (B, M, D)
         out, mask = slot_pass(model, prefix, x)
-    return Latents(cache=out.cache, mask=mask, lengths=prefix.lengths + num_latents, inputs=x,
-                   hidden=out.hidden, passes=1 + num_iterations)
+    return Latents(
+        cache=out.cache,
+        mask=mask,
+        lengths=prefix.lengths + num_latents,
+        inputs=x,
+        hidden=out.hidden,
+        passes=1 + num_iterations,
+    )
 
 
 # 4. Sequential latents (CODI / Coconut) --------------------------------------------------
@@ -103,12 +114,19 @@ def sequential_latents(model: KavaModel, prefix: Prefix, num_latents: int) -> La
         cache, lengths, h = out.cache, lengths + 1, out.hidden[:, -1]
         inputs.append(z)
         hiddens.append(out.hidden)
-    return Latents(cache=cache, mask=mask, lengths=lengths, inputs=torch.cat(inputs, 1),
-                   hidden=torch.cat(hiddens, 1), passes=num_latents)
+    return Latents(
+        cache=cache,
+        mask=mask,
+        lengths=lengths,
+        inputs=torch.cat(inputs, 1),
+        hidden=torch.cat(hiddens, 1),
+        passes=num_latents,
+    )
 
 
-def run_latents(model: KavaModel, prefix: Prefix, *, num_latents: int, num_iterations: int,
-                sequential: bool) -> Latents:
+def run_latents(
+    model: KavaModel, prefix: Prefix, *, num_latents: int, num_iterations: int, sequential: bool
+) -> Latents:
     if sequential:
         return sequential_latents(model, prefix, num_latents)
     return jacobi_latents(model, prefix, num_latents, num_iterations)

@@ -44,8 +44,13 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
 
-def codi_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], *, kind: str = "smooth_l1",
-              layerwise_std: bool = True) -> torch.Tensor:
+def codi_loss(
+    student: Sequence[torch.Tensor],
+    teacher: Sequence[torch.Tensor],
+    *,
+    kind: str = "smooth_l1",
+    layerwise_std: bool = True,
+) -> torch.Tensor:
     """Mean over layers of D(student_l, sg(teacher_l)) [/ std(teacher_l)]; each (B, D)."""
     fn = _ELEMENTWISE[kind]
     per_layer = []
@@ -58,8 +63,16 @@ def codi_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], 
     return torch.stack(per_layer).mean()
 
 
-def kv_loss(student_k: torch.Tensor, student_v: torch.Tensor, teacher_k: torch.Tensor, teacher_v: torch.Tensor,
-            slot_mask: torch.Tensor, *, kind: str = "smooth_l1", layerwise_std: bool = False) -> torch.Tensor:
+def kv_loss(
+    student_k: torch.Tensor,
+    student_v: torch.Tensor,
+    teacher_k: torch.Tensor,
+    teacher_v: torch.Tensor,
+    slot_mask: torch.Tensor,
+    *,
+    kind: str = "smooth_l1",
+    layerwise_std: bool = False,
+) -> torch.Tensor:
     """(1/2)(D(K_s, sg K_t) + D(V_s, sg V_t)) over layers, heads, valid slots and head dims.
 
     All K/V are (B, Λ, Hkv, M, d); `slot_mask` (B, M) drops slots the teacher could not
@@ -73,8 +86,9 @@ def kv_loss(student_k: torch.Tensor, student_v: torch.Tensor, teacher_k: torch.T
         s, t = s.float(), t.detach().float()
         if layerwise_std:
             valid = w.expand_as(t).bool()
-            std = torch.stack([t[:, i][valid[:, i]].std() if valid[:, i].sum() > 1 else t.new_tensor(1.0)
-                               for i in range(t.shape[1])]).clamp_min(1e-6)  # (Λ,)
+            std = torch.stack(
+                [t[:, i][valid[:, i]].std() if valid[:, i].sum() > 1 else t.new_tensor(1.0) for i in range(t.shape[1])]
+            ).clamp_min(1e-6)  # (Λ,)
             scale = std[None, :, None, None, None]
             s, t = s / scale, t / scale
         return (fn(s, t) * w).sum() / count
@@ -99,8 +113,13 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
 
     # 1. Teacher: Q C P A <eos>, right padded
     with capture_pre_rope_keys(model, enabled=pre_rope) as t_keys:
-        t_out = model(model.embed(batch.teacher_ids), batch.teacher_mask, positions(batch.teacher_mask),
-                      all_hidden=need_codi, attentions=need_attn)
+        t_out = model(
+            model.embed(batch.teacher_ids),
+            batch.teacher_mask,
+            positions(batch.teacher_mask),
+            all_hidden=need_codi,
+            attentions=need_attn,
+        )
     teacher_ce = ce_loss(t_out.logits, batch.teacher_labels)
     if not cfg.uses_latents:
         return LossOutput(cfg.teacher_ce_weight * teacher_ce, zero, teacher_ce.detach(), zero, zero)
@@ -114,7 +133,7 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
     if pre_rope:
         student_kv = s_keys.replace_keys(lat.cache, last=m)
     else:
-        student_kv = [(la.keys[:, :, lp:lp + m], la.values[:, :, lp:lp + m]) for la in lat.cache.layers]
+        student_kv = [(la.keys[:, :, lp : lp + m], la.values[:, :, lp : lp + m]) for la in lat.cache.layers]
     s_mask = torch.cat([lat.mask, batch.suffix_mask], dim=1)  # (B, Lp + M + La)
     s_pos = lat.lengths[:, None] + positions(batch.suffix_mask)  # (B, La)
     s_out = model(model.embed(batch.suffix_ids), s_mask, s_pos, lat.cache, all_hidden=need_codi)
@@ -135,12 +154,18 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
             t_kv = t_keys.replace_keys(t_out.cache) if pre_rope else [(la.keys, la.values) for la in t_out.cache.layers]
             tk, tv = _stack_kv(t_kv, slice(None))
             attn = answer_attention(t_out.attentions, batch.answer_mask) if need_attn else None
-            comp = compress_teacher_kv(tk, tv, batch.cot_mask, attn, budget=m, lam=cfg.eviction_lambda,
-                                       variant=cfg.eviction)
+            comp = compress_teacher_kv(
+                tk, tv, batch.cot_mask, attn, budget=m, lam=cfg.eviction_lambda, variant=cfg.eviction
+            )
         sk, sv = _stack_kv(student_kv, slice(None))  # (B, Λ, Hkv, M, d)
-        kv = kv_loss(sk, sv, comp.keys, comp.values, comp.slot_mask, kind=cfg.kv_loss,
-                     layerwise_std=cfg.kv_layerwise_std)
+        kv = kv_loss(
+            sk, sv, comp.keys, comp.values, comp.slot_mask, kind=cfg.kv_loss, layerwise_std=cfg.kv_layerwise_std
+        )
 
-    total = (cfg.student_ce_weight * student_ce + cfg.teacher_ce_weight * teacher_ce
-             + cfg.codi_weight * codi + cfg.kv_weight * kv)
+    total = (
+        cfg.student_ce_weight * student_ce
+        + cfg.teacher_ce_weight * teacher_ce
+        + cfg.codi_weight * codi
+        + cfg.kv_weight * kv
+    )
     return LossOutput(total, student_ce.detach(), teacher_ce.detach(), codi.detach(), kv.detach())

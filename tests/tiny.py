@@ -28,19 +28,24 @@ CORPUS = [
 EXAMPLES = [
     Example("Tom has 3 apples and buys 4 more. How many apples?", ("<<3+4=7>>", "<<7*2=14>>"), "14"),
     Example("A box holds 12 pens and 5 are red. How many are not red?", ("<<12-5=7>>",), "7"),
-    Example("Sara reads 6 pages a day for 5 days, then 2 more. How many pages in all does she read?",
-            ("<<6*5=30>>", "<<30+2=32>>", "<<32*1=32>>"), "32"),
+    Example(
+        "Sara reads 6 pages a day for 5 days, then 2 more. How many pages in all does she read?",
+        ("<<6*5=30>>", "<<30+2=32>>", "<<32*1=32>>"),
+        "32",
+    ),
     Example("20 cookies, 4 kids. How many each?", ("<<20/4=5>>",), "5"),
 ]
 
 
 def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
     fast.save_pretrained(str(path))
@@ -49,16 +54,47 @@ def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
 
 def family_config(family: str, vocab: int):
     if family == "llama":
-        return LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                           tie_word_embeddings=False, eos_token_id=1, pad_token_id=1, bos_token_id=None)
+        return LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            initializer_range=0.1,
+            eos_token_id=1,
+            pad_token_id=1,
+            bos_token_id=None,
+        )
     if family == "qwen2":
-        return Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                           tie_word_embeddings=True, eos_token_id=1, pad_token_id=1, bos_token_id=None)
+        return Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            initializer_range=0.1,
+            eos_token_id=1,
+            pad_token_id=1,
+            bos_token_id=None,
+        )
     if family == "gpt2":
-        return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                          eos_token_id=1, bos_token_id=1, pad_token_id=1)
+        return GPT2Config(
+            vocab_size=vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            initializer_range=0.1,
+            eos_token_id=1,
+            bos_token_id=1,
+            pad_token_id=1,
+        )
     raise ValueError(family)
 
 

@@ -20,7 +20,7 @@ def _latents(model, questions, *, sequential=False, t=None):
         m = model.config.num_latents
         lat = sequential_latents(model, pre, m) if sequential else jacobi_latents(model, pre, m, t)
     lp = pre.mask.shape[1]
-    slot_k = torch.stack([la.keys[:, :, lp:lp + m] for la in lat.cache.layers], 1)  # (B, Λ, H, M, d)
+    slot_k = torch.stack([la.keys[:, :, lp : lp + m] for la in lat.cache.layers], 1)  # (B, Λ, H, M, d)
     return lat, slot_k
 
 

@@ -72,7 +72,10 @@ class _Move:
 
 Op = Callable[[random.Random, _State, int], "_Move | None"]
 APPLY: dict[str, Callable[[int, int], int]] = {
-    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv,
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.floordiv,
 }
 
 
@@ -90,7 +93,15 @@ def _fresh(s: _State) -> str | None:
 
 
 def _move(
-    s: _State, story: str, nl: str, a: int, op: str, b: int, c: int, *, holder: str | None = None,
+    s: _State,
+    story: str,
+    nl: str,
+    a: int,
+    op: str,
+    b: int,
+    c: int,
+    *,
+    holder: str | None = None,
     question: str | None = None,
 ) -> _Move:
     assert c >= 0 and APPLY[op](a, b) == c and (op != "/" or a % b == 0), (a, op, b, c)
@@ -106,8 +117,14 @@ def _add(rng: random.Random, s: _State, top: int) -> _Move | None:
         return None
     k = rng.randint(2, min(top - s.value, max(2, top // 2)))
     h, o, x = s.holder, _other(rng, s), s.value
-    story = rng.choice((f"{h} buys {k} more {s.obj}.", f"{h} finds {k} more {s.obj}.",
-                        f"{o} gives {h} {k} {s.obj}.", f"{h} gets {k} more {s.obj} from {o}."))
+    story = rng.choice(
+        (
+            f"{h} buys {k} more {s.obj}.",
+            f"{h} finds {k} more {s.obj}.",
+            f"{o} gives {h} {k} {s.obj}.",
+            f"{h} gets {k} more {s.obj} from {o}.",
+        )
+    )
     nl = rng.choice((f"{h} has {x}+{k}={x + k} {s.obj} now.", f"After that, {h} has {x}+{k}={x + k} {s.obj}."))
     return _move(replace(s, used=s.used | {o}), story, nl, x, "+", k, x + k)
 
@@ -117,8 +134,14 @@ def _sub(rng: random.Random, s: _State, top: int) -> _Move | None:
         return None
     k = rng.randint(2, s.value - 2)
     h, o, x, his = s.holder, _other(rng, s), s.value, _poss(s.holder)
-    story = rng.choice((f"{h} gives {k} {s.obj} to {o}.", f"{h} gives away {k} {s.obj}.",
-                        f"{h} loses {k} of {his} {s.obj}.", f"{h} sells {k} of {his} {s.obj}."))
+    story = rng.choice(
+        (
+            f"{h} gives {k} {s.obj} to {o}.",
+            f"{h} gives away {k} {s.obj}.",
+            f"{h} loses {k} of {his} {s.obj}.",
+            f"{h} sells {k} of {his} {s.obj}.",
+        )
+    )
     nl = rng.choice((f"{h} has {x}-{k}={x - k} {s.obj} left.", f"So {h} is left with {x}-{k}={x - k} {s.obj}."))
     return _move(replace(s, used=s.used | {o}), story, nl, x, "-", k, x - k)
 
@@ -138,13 +161,29 @@ def _relative(rng: random.Random, s: _State, top: int) -> _Move | None:
         return None
     if x >= 4 and (top - x < 2 or rng.random() < 0.5):
         k = rng.randint(2, x - 2)
-        return _move(s, f"{new} has {k} fewer {s.obj} than {s.holder}.",
-                     f"{new} has {x}-{k}={x - k} {s.obj}.", x, "-", k, x - k, holder=new)
+        return _move(
+            s,
+            f"{new} has {k} fewer {s.obj} than {s.holder}.",
+            f"{new} has {x}-{k}={x - k} {s.obj}.",
+            x,
+            "-",
+            k,
+            x - k,
+            holder=new,
+        )
     if top - x < 2:
         return None
     k = rng.randint(2, top - x)
-    return _move(s, f"{new} has {k} more {s.obj} than {s.holder}.",
-                 f"{new} has {x}+{k}={x + k} {s.obj}.", x, "+", k, x + k, holder=new)
+    return _move(
+        s,
+        f"{new} has {k} more {s.obj} than {s.holder}.",
+        f"{new} has {x}+{k}={x + k} {s.obj}.",
+        x,
+        "+",
+        k,
+        x + k,
+        holder=new,
+    )
 
 
 def _divisors(x: int) -> list[int]:
@@ -156,13 +195,27 @@ def _split(rng: random.Random, s: _State, top: int) -> _Move | None:
     h, x, his = s.holder, s.value, _poss(s.holder)
     if 2 in _divisors(x) and rng.random() < 0.5:
         o = _other(rng, s)
-        return _move(replace(s, used=s.used | {o}), f"{h} gives half of {his} {s.obj} to {o}.",
-                     f"{h} keeps {x}/2={x // 2} {s.obj}.", x, "/", 2, x // 2)
+        return _move(
+            replace(s, used=s.used | {o}),
+            f"{h} gives half of {his} {s.obj} to {o}.",
+            f"{h} keeps {x}/2={x // 2} {s.obj}.",
+            x,
+            "/",
+            2,
+            x // 2,
+        )
     if not _divisors(x):
         return None
     k = rng.choice(_divisors(x))
-    return _move(s, f"{h} puts {his} {s.obj} into {k} equal piles and keeps only one pile.",
-                 f"{h} keeps {x}/{k}={x // k} {s.obj}.", x, "/", k, x // k)
+    return _move(
+        s,
+        f"{h} puts {his} {s.obj} into {k} equal piles and keeps only one pile.",
+        f"{h} keeps {x}/{k}={x // k} {s.obj}.",
+        x,
+        "/",
+        k,
+        x // k,
+    )
 
 
 MIDDLE: tuple[Op, ...] = (_add, _sub, _times, _relative, _split)
@@ -174,17 +227,32 @@ def _sell(rng: random.Random, s: _State, top: int) -> _Move | None:
     if not ps:
         return None
     p, h, x = rng.choice(ps), s.holder, s.value
-    return _move(s, f"{h} sells all of {_poss(h)} {s.obj} for ${p} each.", f"{h} earns {x}*{p}={x * p} dollars.",
-                 x, "*", p, x * p, question=f"How many dollars does {h} earn?")
+    return _move(
+        s,
+        f"{h} sells all of {_poss(h)} {s.obj} for ${p} each.",
+        f"{h} earns {x}*{p}={x * p} dollars.",
+        x,
+        "*",
+        p,
+        x * p,
+        question=f"How many dollars does {h} earn?",
+    )
 
 
 def _share(rng: random.Random, s: _State, top: int) -> _Move | None:
     if not _divisors(s.value):
         return None
     k, h, x = rng.choice(_divisors(s.value)), s.holder, s.value
-    return _move(s, f"{h} shares {_poss(h)} {s.obj} equally among {k} friends.",
-                 f"Each friend gets {x}/{k}={x // k} {s.obj}.",
-                 x, "/", k, x // k, question=f"How many {s.obj} does each friend get?")
+    return _move(
+        s,
+        f"{h} shares {_poss(h)} {s.obj} equally among {k} friends.",
+        f"Each friend gets {x}/{k}={x // k} {s.obj}.",
+        x,
+        "/",
+        k,
+        x // k,
+        question=f"How many {s.obj} does each friend get?",
+    )
 
 
 FINAL: tuple[Op, ...] = (_sell, _share)
@@ -222,7 +290,10 @@ def _problem(rng: random.Random, *, min_steps: int, max_steps: int, max_value: i
         story.append(move.story)
     final = moves[-1]
     question = final.question or rng.choice(
-        (f"How many {state.obj} does {state.holder} have now?", f"How many {state.obj} does {state.holder} have in the end?")
+        (
+            f"How many {state.obj} does {state.holder} have now?",
+            f"How many {state.obj} does {state.holder} have in the end?",
+        )
     )
     if style == "equation":
         steps = tuple(f"<<{m.a}{m.op}{m.b}={m.c}>>" for m in moves)
@@ -244,11 +315,18 @@ def _check(min_steps: int, max_steps: int, max_value: int, style: str) -> None:
 def iter_problems(
     seed: int, *, min_steps: int = 2, max_steps: int = 4, max_value: int = 100, style: Style = "equation"
 ) -> Iterator[Example]:
-    """Infinite deterministic stream; problem i depends only on (seed, i). May repeat questions."""
-    _check(min_steps, max_steps, max_value, style)
-    for i in count():
-        rng = random.Random(f"kava-gen:{seed}:{i}")  # str seeds hash with sha512: stable across runs
-        yield _problem(rng, min_steps=min_steps, max_steps=max_steps, max_value=max_value, style=style)
+    """Infinite deterministic stream; problem i depends only on (seed, i). May repeat questions.
+
+    The question and answer of problem i do not depend on `style`; only the steps do.
+    """
+    _check(min_steps, max_steps, max_value, style)  # here, not in the lazy generator below
+
+    def stream() -> Iterator[Example]:
+        for i in count():
+            rng = random.Random(f"kava-gen:{seed}:{i}")  # str seeds hash with sha512: stable across runs
+            yield _problem(rng, min_steps=min_steps, max_steps=max_steps, max_value=max_value, style=style)
+
+    return stream()
 
 
 def generate(
@@ -264,7 +342,12 @@ def _key(question: str) -> str:
 
 
 def held_out_split(
-    n: int, seed: int = HELD_OUT_SEED, *, min_steps: int = 2, max_steps: int = 4, max_value: int = 100,
+    n: int,
+    seed: int = HELD_OUT_SEED,
+    *,
+    min_steps: int = 2,
+    max_steps: int = 4,
+    max_value: int = 100,
     style: Style = "equation",
 ) -> list[Example]:
     """A fixed test set of n problems with distinct questions, drawn from `seed`."""
@@ -282,34 +365,46 @@ def held_out_split(
     raise AssertionError("unreachable: the stream is infinite")
 
 
-class TrainStream:
+class TrainStream(Iterator[Example]):
     """Training problems from `seed` that never share question text with `exclude`.
 
-    `exclude` takes `Example`s or question strings (a held-out set, or a real test file).
-    `skipped` counts the problems dropped so far because they were in `exclude`.
+    An iterator: it continues where it stopped, so `take(n)` twice gives 2n different draws.
+    `exclude` takes `Example`s or question strings (the held-out set, or a real test file);
+    `skipped` counts the draws dropped so far because their question was in `exclude`.
     """
 
     def __init__(
-        self, seed: int, exclude: Iterable[Example | str] = (), *, min_steps: int = 2, max_steps: int = 4,
-        max_value: int = 100, style: Style = "equation",
+        self,
+        seed: int,
+        exclude: Iterable[Example | str] = (),
+        *,
+        min_steps: int = 2,
+        max_steps: int = 4,
+        max_value: int = 100,
+        style: Style = "equation",
     ) -> None:
         if seed == HELD_OUT_SEED:
             raise ValueError(f"seed={seed} is HELD_OUT_SEED; a training stream needs a different seed")
-        _check(min_steps, max_steps, max_value, style)
         self.seed = seed
         self.exclude = frozenset(_key(e.question if isinstance(e, Example) else e) for e in exclude)
-        self.options = {"min_steps": min_steps, "max_steps": max_steps, "max_value": max_value, "style": style}
         self.skipped = 0
+        self._stream = iter_problems(seed, min_steps=min_steps, max_steps=max_steps, max_value=max_value, style=style)
 
-    def __iter__(self) -> Iterator[Example]:
-        for ex in iter_problems(self.seed, **self.options):  # type: ignore[arg-type]
-            if _key(ex.question) in self.exclude:
-                self.skipped += 1
-                continue
-            yield ex
+    def __next__(self) -> Example:
+        for ex in self._stream:
+            if _key(ex.question) not in self.exclude:
+                return ex
+            self.skipped += 1
+        raise AssertionError("unreachable: the stream is infinite")
 
     def take(self, n: int) -> list[Example]:
-        out = list(islice(iter(self), n))
-        if self.skipped:
-            log.info("TrainStream(seed=%d): skipped %d held-out problems so far", self.seed, self.skipped)
+        before = self.skipped
+        out = list(islice(self, n))
+        if self.skipped > before:
+            log.info(
+                "TrainStream(seed=%d): skipped %d held-out problems in %d draws",
+                self.seed,
+                self.skipped - before,
+                n + self.skipped - before,
+            )
         return out

@@ -20,19 +20,17 @@ import json
 import logging
 import re
 from collections.abc import Callable, Generator, Iterable, Mapping
-from decimal import Decimal, InvalidOperation
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
+from kava.answers import parse_number, same_number  # noqa: F401  (re-exported)
 from kava.prompts import Example
 
 log = logging.getLogger(__name__)
 
 Style = Literal["equation", "nl"]
 ANNOTATION = re.compile(r"<<[^<>]*>>")  # one calculator annotation, e.g. <<48/2=24>>
-# a number not glued to a word: optional minus, 1,000-style groups or plain digits, decimals, .5
-_NUMBER = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)")
 
 
 class ExampleList(list[Example]):
@@ -48,27 +46,7 @@ class _BadRow(ValueError):
     pass
 
 
-# 1. Numbers ----------------------------------------------------------------------------------
-def parse_number(text: str) -> str | None:
-    """The last number in `text`, commas removed and normalised ("3.50" -> "3.5"); None if none."""
-    found = _NUMBER.findall(str(text))
-    if not found:
-        return None
-    try:
-        value = Decimal(found[-1].replace(",", ""))
-    except InvalidOperation:  # the pattern only admits valid literals; be safe at the boundary
-        return None
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
-
-
-def same_number(a: str, b: str) -> bool:
-    """Whether the last numbers in `a` and `b` are equal (False when either has none)."""
-    x, y = parse_number(a), parse_number(b)
-    return x is not None and y is not None and Decimal(x) == Decimal(y)
-
-
+# 1. Numbers: one parser for the whole project, in kava.answers ------------------------------
 def _answer(text: Any) -> str:
     number = parse_number(str(text))
     if number is None:
@@ -110,7 +88,9 @@ def example_from_record(row: Mapping[str, Any]) -> Example:
     steps = row["steps"]
     if not isinstance(steps, list | tuple) or not all(isinstance(s, str) for s in steps):
         raise _BadRow(f"steps must be a list of strings, got {type(steps).__name__}")
-    return Example(question=_question(row["question"]), steps=tuple(s.strip() for s in steps), answer=_answer(row["answer"]))
+    return Example(
+        question=_question(row["question"]), steps=tuple(s.strip() for s in steps), answer=_answer(row["answer"])
+    )
 
 
 # 3. Files ------------------------------------------------------------------------------------
@@ -121,8 +101,9 @@ def _existing(path: str | Path) -> Path:
     return p
 
 
-def _convert(rows: Iterable[tuple[str, Any]], convert: Callable[[Any], Example], source: str,
-             strict: bool) -> ExampleList:
+def _convert(
+    rows: Iterable[tuple[str, Any]], convert: Callable[[Any], Example], source: str, strict: bool
+) -> ExampleList:
     """Apply `convert` to (where, row) pairs; a row that is an exception or fails is skipped."""
     out: list[Example] = []
     skipped, first = 0, ""
@@ -137,8 +118,7 @@ def _convert(rows: Iterable[tuple[str, Any]], convert: Callable[[Any], Example],
                 raise ValueError(f"unparseable row at {reason}") from err
             skipped, first = skipped + 1, first or reason
     if skipped:
-        log.warning("%s: skipped %d unparseable row(s) of %d; first at %s", source, skipped,
-                    skipped + len(out), first)
+        log.warning("%s: skipped %d unparseable row(s) of %d; first at %s", source, skipped, skipped + len(out), first)
     return ExampleList(out, source=source, skipped=skipped)
 
 
@@ -199,8 +179,14 @@ def _warn_style(examples: ExampleList, style: Style) -> ExampleList:
     annotated = sum(bool(ANNOTATION.fullmatch(s)) for s in steps)
     off = len(steps) - annotated if style == "equation" else annotated
     if off:
-        log.warning("%s: style=%r asked, but %d of %d steps are %s; records are used as stored",
-                    examples.source, style, off, len(steps), "sentences" if style == "equation" else "equations")
+        log.warning(
+            "%s: style=%r asked, but %d of %d steps are %s; records are used as stored",
+            examples.source,
+            style,
+            off,
+            len(steps),
+            "sentences" if style == "equation" else "equations",
+        )
     return examples
 
 
@@ -244,12 +230,15 @@ def _load_builtin(spec: str, style: Style) -> ExampleList:
     try:
         n, seed = (int(x) for x in spec.split(":"))
     except ValueError as err:
-        raise ValueError(f"builtin source must be 'builtin:N:seed' (e.g. 'builtin:1000:0'), got 'builtin:{spec}'") from err
+        raise ValueError(
+            f"builtin source must be 'builtin:N:seed' (e.g. 'builtin:1000:0'), got 'builtin:{spec}'"
+        ) from err
     return ExampleList(generate(n, seed=seed, style=style), source=f"builtin:{spec}")
 
 
-def load_examples(source: str | Path, *, style: Style = "equation", split: str | None = None,
-                  strict: bool = False) -> ExampleList:
+def load_examples(
+    source: str | Path, *, style: Style = "equation", split: str | None = None, strict: bool = False
+) -> ExampleList:
     """Examples from a file, a directory + split, `hub:owner/name` or `builtin:N:seed`.
 
     Files dispatch by extension: `.jsonl` (raw GSM8k or AUG records, told apart by their

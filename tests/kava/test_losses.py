@@ -1,0 +1,124 @@
+"""The objective: zero at equality, gradients only where they belong, and it can be lowered."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import EXAMPLES, TINY_LORA, tiny_method
+
+from kava.backbone import build_model
+from kava.losses import codi_loss, kv_loss, training_step
+from kava.prompts import encode_training_batch
+
+
+def _batch(model):
+    return encode_training_batch(model.tokenizer, EXAMPLES, model.config, model.ids)
+
+
+def test_distillation_terms_are_zero_when_student_equals_teacher():
+    torch.manual_seed(0)
+    hs = [torch.randn(4, 16) for _ in range(3)]
+    for kind in ("smooth_l1", "l1", "mse"):
+        assert codi_loss(hs, [h.clone() for h in hs], kind=kind).item() == 0.0
+        assert codi_loss(hs, [h + 1 for h in hs], kind=kind).item() > 0.0
+    k, v = torch.randn(2, 3, 2, 5, 8), torch.randn(2, 3, 2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    for std in (False, True):
+        assert kv_loss(k, v, k.clone(), v.clone(), mask, kind="mse", layerwise_std=std).item() == 0.0
+
+
+def test_kv_loss_ignores_masked_slots():
+    k, v = torch.randn(2, 3, 2, 5, 8), torch.randn(2, 3, 2, 5, 8)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    tk, tv = k.clone(), v.clone()
+    tk[0, :, :, 2:] += 100.0  # differences only in masked slots
+    assert kv_loss(k, v, tk, tv, mask).item() == 0.0
+    tk[1, :, :, 4] += 1.0
+    assert kv_loss(k, v, tk, tv, mask).item() > 0.0
+
+
+def test_total_is_the_weighted_sum(tiny_bases):
+    torch.manual_seed(0)
+    cfg = tiny_method(codi_weight=3.0, kv_weight=2.0, teacher_ce_weight=0.5)
+    model = build_model(tiny_bases["llama"], cfg, TINY_LORA)
+    out = training_step(model, _batch(model))
+    parts = out.items()
+    expected = parts["student_ce"] + 0.5 * parts["teacher_ce"] + 3.0 * parts["codi"] + 2.0 * parts["kv"]
+    assert parts["total"] == pytest.approx(expected, rel=1e-5)
+    assert all(parts[k] > 0 for k in ("student_ce", "teacher_ce", "codi", "kv"))
+
+
+def test_gradients_reach_lora_projection_and_special_rows_only(tiny_bases, family):
+    torch.manual_seed(0)
+    # T < M: with T >= M the latents converge to the sequential ones, which no longer
+    # depend on the <latent> placeholder, so its row would rightly get no gradient
+    model = build_model(tiny_bases[family], tiny_method(num_iterations=1), TINY_LORA).train()
+    # LoRA B starts at zero, so A would get no gradient; one nudge makes both live
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.01)
+    training_step(model, _batch(model)).total.backward()
+    named = dict(model.named_parameters())
+    lora = [n for n in named if "lora_" in n]
+    assert lora and all(named[n].grad is not None and named[n].grad.abs().sum() > 0 for n in lora)
+    prj = [n for n in named if n.startswith("projection.")]
+    assert prj and all(named[n].grad is not None for n in prj)
+    rows = model.special_rows.grad
+    assert rows is not None and all(rows[i].abs().sum() > 0 for i in range(3)), "<bot>, <eot>, <latent> rows"
+    frozen = [
+        n for n, p in named.items() if "lora_" not in n and not n.startswith("projection.") and n != "special_rows"
+    ]
+    assert frozen and all(not named[n].requires_grad and named[n].grad is None for n in frozen)
+
+
+VARIANTS = [
+    dict(objective="kava"),
+    dict(objective="kava", eviction="crop"),
+    dict(objective="kava", eviction="redundancy", kv_loss="mse", kv_layerwise_std=False),
+    dict(objective="kava", eviction="importance", kv_key_space="pre_rope"),
+    dict(objective="kava", use_projection=False, codi_loss="mse"),
+    dict(objective="pccot"),
+    dict(objective="codi"),
+    dict(objective="cot"),
+    dict(objective="nocot"),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(str(x) for x in v.values()))
+def test_a_few_steps_lower_the_loss(tiny_bases, variant):
+    torch.manual_seed(0)
+    model = build_model(tiny_bases["llama"], tiny_method(**variant), TINY_LORA).train()
+    batch = _batch(model)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        out = training_step(model, batch)
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+        losses.append(out.total.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.9 * losses[0], losses
+    parts = out.items()
+    if variant["objective"] in ("cot", "nocot"):
+        assert parts["student_ce"] == 0 and parts["codi"] == 0 and parts["kv"] == 0
+    if variant["objective"] in ("pccot", "codi"):
+        assert parts["kv"] == 0 and parts["codi"] > 0
+
+
+def test_pre_rope_keys_differ_from_cached_keys(tiny_bases):
+    """pre_rope must actually change what KV distillation matches (RoPE rotates keys)."""
+    torch.manual_seed(0)
+    a = build_model(tiny_bases["llama"], tiny_method(kv_key_space="post_rope"), TINY_LORA)
+    torch.manual_seed(0)
+    b = build_model(tiny_bases["llama"], tiny_method(kv_key_space="pre_rope"), TINY_LORA)
+    assert training_step(a, _batch(a)).kv.item() != pytest.approx(training_step(b, _batch(b)).kv.item())
+
+
+def test_nocot_teacher_has_no_trace(tiny_bases):
+    torch.manual_seed(0)
+    model = build_model(tiny_bases["llama"], tiny_method(objective="nocot"), TINY_LORA)
+    assert not _batch(model).cot_mask.any()
+    model = build_model(tiny_bases["llama"], tiny_method(objective="cot"), TINY_LORA)
+    assert _batch(model).cot_mask.any()

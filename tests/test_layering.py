@@ -1,0 +1,59 @@
+"""Imports flow one way (STYLE.md rule 1-2): server/ -> kava/ <- training/; clients/ stands alone."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "kava": {
+        "server",
+        "training",
+        "clients",
+        "kava_cli",
+        "kava_client",
+        "fastapi",
+        "prometheus_client",
+        "argparse",
+        "uvicorn",
+        "httpx",
+    },
+    "training": {"server", "clients", "kava_cli", "kava_client", "fastapi", "prometheus_client"},
+    "server": {"training", "clients", "kava_cli", "kava_client"},
+    "clients": {"kava", "server", "training", "kava_cli", "torch", "transformers"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_flow_one_way(package):
+    files = list((ROOT / package).rglob("*.py"))
+    bad = {str(f.relative_to(ROOT)): sorted(_imports(f) & FORBIDDEN[package]) for f in files}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"forbidden imports: {bad}"
+
+
+def test_kava_library_does_not_print_or_read_env():
+    for f in (ROOT / "kava").rglob("*.py"):
+        src = f.read_text()
+        assert "print(" not in src, f
+        assert "os.environ" not in src, f
+
+
+def test_the_checker_sees_imports(tmp_path):
+    probe = tmp_path / "x.py"
+    probe.write_text("import fastapi\nfrom server.app import x\nfrom . import y\n")
+    assert _imports(probe) == {"fastapi", "server"}
