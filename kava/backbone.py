@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache
 
+from kava.builtin import resolve_base
 from kava.config import LoraSettings, MethodConfig
 from kava.prompts import SPECIAL_TOKENS, TokenIds
 
@@ -57,7 +58,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """Tokenizer with the three method tokens added and a pad token (eos when absent)."""
-    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    tok = AutoTokenizer.from_pretrained(resolve_base(name_or_path))
     missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)

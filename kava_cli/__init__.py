@@ -1,0 +1,1 @@
+"""The `kava` command line: a thin dispatcher over the subcommands of each layer."""
