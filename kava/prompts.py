@@ -175,36 +175,52 @@ def _shifted_labels(rows: list[list[int]], starts: list[int], width: int) -> tor
     return labels
 
 
-def encode_training_batch(tokenizer, examples: Sequence[Example], config: MethodConfig, ids: TokenIds) -> TrainBatch:
+@dataclass
+class TeacherBatch:
+    """Right-padded `Q C P A <eos>` rows with the masks the objective reads."""
+
+    ids: torch.Tensor  # (B, Lt)
+    mask: torch.Tensor  # (B, Lt)
+    labels: torch.Tensor  # (B, Lt) next-token targets aligned to inputs, IGNORE off C P A <eos>
+    cot_mask: torch.Tensor  # (B, Lt) bool: positions of C
+    answer_mask: torch.Tensor  # (B, Lt) bool: positions of P A
+    codi_pos: torch.Tensor  # (B,) index of the last P token
+
+
+def encode_teacher(tokenizer, examples: Sequence[Example], config: MethodConfig, eos: int, pad: int) -> TeacherBatch:
+    """Teacher-mode rows only; needs no method tokens (so a backbone can pretrain on it)."""
     p_ids = prompt_ids(tokenizer, config)
-    teacher_rows, cot_spans, supervised_from = [], [], []
-    suffix_rows = []
+    rows, spans, starts = [], [], []
     for ex in examples:
         q = question_ids(tokenizer, ex.question)
         c = _ids(tokenizer, trace_text(ex.steps, config))
         a = _ids(tokenizer, answer_text(ex.answer))
-        teacher_rows.append(q + c + p_ids + a + [ids.eos])
-        cot_spans.append((len(q), len(q) + len(c), len(q) + len(c) + len(p_ids) + len(a)))
-        supervised_from.append(len(q))
-        suffix_rows.append([ids.eot] + p_ids + a + [ids.eos])
-
-    t_ids, t_mask = pad_right(teacher_rows, ids.pad)
-    width = t_ids.shape[1]
-    cot_mask = torch.zeros_like(t_ids, dtype=torch.bool)
-    answer_mask = torch.zeros_like(t_ids, dtype=torch.bool)
+        rows.append(q + c + p_ids + a + [eos])
+        spans.append((len(q), len(q) + len(c), len(q) + len(c) + len(p_ids) + len(a)))
+        starts.append(len(q))
+    ids, mask = pad_right(rows, pad)
+    cot_mask = torch.zeros_like(ids, dtype=torch.bool)
+    answer_mask = torch.zeros_like(ids, dtype=torch.bool)
     codi_pos = torch.zeros(len(examples), dtype=torch.long)
-    for b, (c0, c1, a1) in enumerate(cot_spans):
+    for b, (c0, c1, a1) in enumerate(spans):
         cot_mask[b, c0:c1] = True
         answer_mask[b, c1:a1] = True
         codi_pos[b] = c1 + len(p_ids) - 1
+    return TeacherBatch(ids, mask, _shifted_labels(rows, starts, ids.shape[1]), cot_mask, answer_mask, codi_pos)
+
+
+def encode_training_batch(tokenizer, examples: Sequence[Example], config: MethodConfig, ids: TokenIds) -> TrainBatch:
+    teacher = encode_teacher(tokenizer, examples, config, ids.eos, ids.pad)
+    p_ids = prompt_ids(tokenizer, config)
+    suffix_rows = [[ids.eot] + p_ids + _ids(tokenizer, answer_text(ex.answer)) + [ids.eos] for ex in examples]
     s_ids, s_mask = pad_right(suffix_rows, ids.pad)
     return TrainBatch(
-        teacher_ids=t_ids,
-        teacher_mask=t_mask,
-        teacher_labels=_shifted_labels(teacher_rows, supervised_from, width),
-        cot_mask=cot_mask,
-        answer_mask=answer_mask,
-        teacher_codi_pos=codi_pos,
+        teacher_ids=teacher.ids,
+        teacher_mask=teacher.mask,
+        teacher_labels=teacher.labels,
+        cot_mask=teacher.cot_mask,
+        answer_mask=teacher.answer_mask,
+        teacher_codi_pos=teacher.codi_pos,
         prefix=encode_prefixes(tokenizer, [ex.question for ex in examples], ids, with_bot=True),
         suffix_ids=s_ids,
         suffix_mask=s_mask,
