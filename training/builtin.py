@@ -17,34 +17,16 @@ import time
 from pathlib import Path
 
 from kava.builtin import BUILTIN_ADAPTER, BUILTIN_BASE, BUILTIN_ID
-from kava.prompts import Example
-from training.data.generator import TrainStream, held_out_split
+from training.data.task import mixed_styles
 from training.pretrain import BackboneShape, pretrain_backbone
 from training.trainer import OptimSettings
 
 log = logging.getLogger(__name__)
 
-TRAIN_SEED = 1
 NUM_TRAIN = 40_000
-NUM_HELD_OUT = 500
 BASE_SETTINGS = OptimSettings(
     lr=2e-3, weight_decay=0.1, warmup_ratio=0.05, max_steps=900, batch_size=64, grad_clip=1.0, save_every=50
 )
-
-
-def held_out(style: str = "equation", n: int = NUM_HELD_OUT) -> list[Example]:
-    return held_out_split(n, style=style)
-
-
-def training_problems(style: str, n: int = NUM_TRAIN) -> list[Example]:
-    exclude = {e.question for e in held_out("equation")}
-    return TrainStream(TRAIN_SEED, exclude, style=style).take(n)
-
-
-def mixed_styles(n: int = NUM_TRAIN) -> list[Example]:
-    """Same problems in both trace styles, alternating, so the backbone reads both."""
-    eq, nl = training_problems("equation", n), training_problems("nl", n)
-    return [e if i % 2 == 0 else x for i, (e, x) in enumerate(zip(eq, nl))]
 
 
 def build_base(work: Path, stop_after: int | None = None) -> bool:

@@ -208,5 +208,5 @@ class Trainer:
                 last["eval"] = self.eval_fn(self.step)
                 self._log({"step": self.step, "eval": last["eval"]})
             if self.save_fn and self.rank == 0:
-                self.save_fn(self.out / "final")
+                self.save_fn(self.out / "adapter")
         return last

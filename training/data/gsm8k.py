@@ -215,8 +215,11 @@ def _load_hub(name: str, split: str | None, style: Style, strict: bool) -> Examp
             f"'hub:{name}' needs the datasets package: pip install datasets "
             "(or download the files and pass a local path)"
         ) from err
-    split = split or "train"
-    ds = datasets.load_dataset(name, split=split)
+    # hub:owner/name[:config][@split], e.g. hub:openai/gsm8k:main@test
+    name, _, at = name.partition("@")
+    split = at or split or "train"
+    name, _, subset = name.partition(":")
+    ds = datasets.load_dataset(name, subset or None, split=split)
     source = f"hub:{name}[{split}]"
     rows = [(f"{source}#{i}", r) for i, r in enumerate(ds)]
     if _is_record_layout(rows):

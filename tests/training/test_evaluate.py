@@ -1,0 +1,78 @@
+"""`kava eval`: the metric itself is checked with a model built to answer one number."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from tiny import make_model
+
+from kava.adapters import save_adapter
+from kava.prompts import Example
+from kava_cli.main import main as kava_main
+from training.evaluate import evaluate
+
+FIELDS = {
+    "accuracy",
+    "n",
+    "forward_passes_per_question",
+    "prompt_tokens_per_question",
+    "latent_tokens_per_question",
+    "generated_tokens_per_question",
+    "seconds_per_question",
+    "kv_cache_bytes_per_question",
+}
+
+
+def rig_to_answer(model, text: str) -> None:
+    """GPT-2 with ln_f.weight = 0 emits the same hidden state everywhere; pointing it at a
+    token's (tied) embedding row makes that token the argmax at every step."""
+    tok = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(tok) == 1
+    base = model.lm.get_base_model()
+    with torch.no_grad():
+        base.transformer.ln_f.weight.zero_()
+        row = base.lm_head.weight[tok[0]]
+        row.mul_(10.0)
+        base.transformer.ln_f.bias.copy_(row)
+
+
+def test_accuracy_is_one_for_a_model_that_answers_right(tiny_bases):
+    model = make_model(tiny_bases["gpt2"])
+    rig_to_answer(model, "7")
+    right = [Example(f"Question {i}?", ("<<3+4=7>>",), "7") for i in range(5)]
+    wrong = [Example(f"Question {i}?", ("<<3+5=8>>",), "8") for i in range(3)]
+    for mode in ("latent", "cot"):
+        r = evaluate(model, right, mode=mode, batch_size=2, max_new_tokens=1, progress=False)
+        assert r["accuracy"] == 1.0 and r["correct"] == 5 and FIELDS <= r.keys()
+        assert evaluate(model, wrong, mode=mode, max_new_tokens=1, progress=False)["accuracy"] == 0.0
+    latent = evaluate(model, right, mode="latent", max_new_tokens=1, progress=False)
+    assert latent["latent_tokens_per_question"] == model.config.num_latents
+    assert latent["forward_passes_per_question"] == 1 + 1 + model.config.num_iterations + 1
+
+
+def test_kava_eval_cli_json(tiny_bases, tmp_path, capsys):
+    model = make_model(tiny_bases["llama"])
+    save_adapter(model, tmp_path / "a")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "What is 3 plus 4?", "steps": ["<<3+4=7>>"], "answer": "7"}) + "\n")
+    code = kava_main(
+        [
+            "eval",
+            "--adapter",
+            str(tmp_path / "a"),
+            "--data",
+            str(data),
+            "--json",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    for mode in ("latent", "cot"):
+        assert FIELDS <= out[mode].keys() and out[mode]["n"] == 1
+    assert out["latent_vs_cot"]["forward_pass_ratio"] > 0
+    assert (tmp_path / "r.md").read_text().startswith("| mode |")

@@ -1,0 +1,165 @@
+"""`kava eval`: accuracy, forward passes, tokens and wall time per question, latent vs CoT.
+
+Runs questions through `kava.generate.solve_batch` — the same batched function the server
+calls — and compares answers as numbers. With no arguments it evaluates the built-in
+adapter on the built-in held-out set in both modes. Output: one JSON object (`--json`)
+and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kava.answers import same_number
+from kava.backbone import KavaModel
+from kava.builtin import BUILTIN_ADAPTER
+from kava.generate import solve_batch
+from kava.prompts import Example
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW = {"latent": 16, "cot": 96}
+
+
+def evaluate(
+    model: KavaModel,
+    examples: Sequence[Example],
+    *,
+    mode: str = "latent",
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    num_iterations: int | None = None,
+    progress: bool = True,
+    keep_records: bool = False,
+) -> dict[str, Any]:
+    """Accuracy and per-question costs of `model` on `examples` in `mode`."""
+    max_new = max_new_tokens or DEFAULT_MAX_NEW[mode]
+    totals = {
+        "correct": 0,
+        "forward_passes": 0,
+        "prompt_tokens": 0,
+        "latent_tokens": 0,
+        "generated_tokens": 0,
+        "kv_cache_bytes": 0,
+    }
+    records = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(examples), desc=f"eval {mode}", disable=not progress, leave=False)
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        out = solve_batch(
+            model, [e.question for e in chunk], mode=mode, max_new_tokens=max_new, num_iterations=num_iterations
+        )
+        for ex, r in zip(chunk, out.results):
+            ok = same_number(r.answer, ex.answer)
+            totals["correct"] += ok
+            for k in ("forward_passes", "prompt_tokens", "latent_tokens", "generated_tokens", "kv_cache_bytes"):
+                totals[k] += getattr(r, k)
+            if keep_records:
+                records.append(
+                    {
+                        "question": ex.question,
+                        "reference": ex.answer,
+                        "predicted": r.answer,
+                        "text": r.text,
+                        "correct": ok,
+                    }
+                )
+        bar.update(len(chunk))
+    bar.close()
+    wall = time.perf_counter() - t0
+    n = max(len(examples), 1)
+    result: dict[str, Any] = {
+        "mode": mode,
+        "n": len(examples),
+        "accuracy": totals["correct"] / n,
+        "correct": totals["correct"],
+        "forward_passes_per_question": totals["forward_passes"] / n,
+        "prompt_tokens_per_question": totals["prompt_tokens"] / n,
+        "latent_tokens_per_question": totals["latent_tokens"] / n,
+        "generated_tokens_per_question": totals["generated_tokens"] / n,
+        "kv_cache_bytes_per_question": totals["kv_cache_bytes"] / n,
+        "seconds_per_question": wall / n,
+        "wall_seconds": wall,
+        "batch_size": batch_size,
+    }
+    if keep_records:
+        result["records"] = records
+    return result
+
+
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    head = "| mode | n | accuracy | forward passes / q | generated tokens / q | KV bytes / q | s / q |"
+    rows = [head, "|---|---|---|---|---|---|---|"]
+    for mode, r in results.items():
+        rows.append(
+            f"| {mode} | {r['n']} | {100 * r['accuracy']:.1f}% | {r['forward_passes_per_question']:.1f} | "
+            f"{r['generated_tokens_per_question']:.1f} | {r['kv_cache_bytes_per_question']:.0f} | "
+            f"{r['seconds_per_question']:.4f} |"
+        )
+    return "\n".join(rows)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", default=str(BUILTIN_ADAPTER), help="adapter directory (default: the built-in one)")
+    p.add_argument("--base-model", default=None, help="override the base model recorded in the adapter")
+    p.add_argument("--data", default="builtin", help="builtin (held-out split) | file path | hub:owner/name")
+    p.add_argument("--style", default="equation", choices=["equation", "nl"])
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems")
+    p.add_argument("--modes", default="latent,cot", help="comma list of latent,cot")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--num-iterations", type=int, default=None, help="override T for latent mode")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--out", type=Path, default=None, help="also write JSON (+ .md) here")
+    p.add_argument("--records", action="store_true", help="include every question's prediction in the JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kava.adapters import load_adapter
+    from training.data.task import resolve_examples
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in DEFAULT_MAX_NEW]
+    if bad:
+        raise SystemExit(f"--modes: unknown mode(s) {bad}; choose from latent,cot")
+    examples = resolve_examples(args.data, style=args.style, n=args.limit, split="eval")
+    model = load_adapter(args.adapter, base_model=args.base_model, device=args.device, dtype=args.dtype)
+    results = {
+        m: evaluate(
+            model,
+            examples,
+            mode=m,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            num_iterations=args.num_iterations,
+            progress=not args.json,
+            keep_records=args.records,
+        )
+        for m in modes
+    }
+    summary: dict[str, Any] = {"adapter": str(args.adapter), "data": args.data, "style": args.style, **results}
+    if "latent" in results and "cot" in results:
+        lat, cot = results["latent"], results["cot"]
+        summary["latent_vs_cot"] = {
+            "forward_pass_ratio": cot["forward_passes_per_question"] / max(lat["forward_passes_per_question"], 1e-9),
+            "speedup": cot["seconds_per_question"] / max(lat["seconds_per_question"], 1e-9),
+            "accuracy_ratio": lat["accuracy"] / cot["accuracy"] if cot["accuracy"] else None,
+        }
+    text = json.dumps(summary, indent=2)
+    print(text if args.json else markdown_table(results))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        args.out.with_suffix(".md").write_text(markdown_table(results) + "\n")
+    return 0

@@ -1,0 +1,88 @@
+"""One training run from a TrainConfig: data, model, objective, trainer, adapter, evaluation.
+
+Every objective (kava, pccot, codi, cot, nocot) goes through the same path; the method
+config decides which loss terms exist (`kava.losses.training_step`). The final adapter is
+written to `<output_dir>/adapter` in the format the server loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kava.adapters import save_adapter
+from kava.backbone import build_model, resolve_device
+from kava.losses import training_step
+from kava.prompts import encode_training_batch
+from training.config import TrainConfig
+from training.data.sampler import EpochSampler
+from training.data.task import resolve_examples
+from training.evaluate import evaluate
+from training.trainer import Trainer, init_distributed
+
+log = logging.getLogger(__name__)
+
+
+def eval_modes(cfg: TrainConfig) -> list[str]:
+    """Latent evaluation means nothing for objectives without latents; use CoT there."""
+    modes = [m for m in cfg.eval.modes if m == "cot" or cfg.method.uses_latents]
+    return modes or ["cot"]
+
+
+def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; returns the last logged record (with `eval` at the end)."""
+    init_distributed()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    device = resolve_device(cfg.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    train_ex = resolve_examples(
+        cfg.data.train, style=cfg.data.style, n=cfg.data.num_train, split="train", seed=cfg.data.seed
+    )
+    eval_ex = resolve_examples(cfg.data.eval, style=cfg.data.style, n=cfg.data.num_eval, split="eval")
+    log.info("data: %d training, %d evaluation problems", len(train_ex), len(eval_ex))
+
+    torch.manual_seed(cfg.optim.seed)
+    model = build_model(cfg.base_model, cfg.method, cfg.lora, device=device, dtype=torch.float32)
+    n_train = sum(p.numel() for p in model.trainable_parameters())
+    log.info("trainable parameters: %d", n_train)
+    sampler = EpochSampler(len(train_ex), cfg.optim.seed)
+    mbs = cfg.optim.micro_batch_size
+
+    def batch_fn(micro: int, rank: int, world: int):
+        idx = sampler.indices(micro * mbs, mbs)[rank::world]
+        batch = encode_training_batch(model.tokenizer, [train_ex[i] for i in idx], model.config, model.ids)
+        return batch.to(device)
+
+    def loss_fn(batch) -> dict[str, Any]:
+        out_ = training_step(model, batch)
+        return {
+            "total": out_.total,
+            "student_ce": out_.student_ce,
+            "teacher_ce": out_.teacher_ce,
+            "codi": out_.codi,
+            "kv": out_.kv,
+        }
+
+    def eval_fn(_step: int) -> dict[str, Any]:
+        model.eval()
+        res = {}
+        for m in eval_modes(cfg):
+            limit = cfg.eval.max_new_tokens if m == "latent" else cfg.eval.cot_max_new_tokens
+            r = evaluate(model, eval_ex, mode=m, batch_size=cfg.eval.batch_size, max_new_tokens=limit, progress=False)
+            res[m] = {k: r[k] for k in ("accuracy", "n", "forward_passes_per_question", "seconds_per_question")}
+        model.train()
+        log.info("eval: %s", res)
+        return res
+
+    def save_fn(path: Path) -> None:
+        save_adapter(model, path, extra={"train_config": cfg.to_dict(), "trainable_parameters": n_train})
+
+    trainer = Trainer(model, loss_fn, batch_fn, cfg.optim, out, eval_fn=eval_fn, save_fn=save_fn, device=device)
+    return trainer.fit(stop_after=stop_after)
