@@ -36,6 +36,7 @@ class EvalSettings:
     batch_size: int = 32
     max_new_tokens: int = 16  # latent mode: the answer only
     cot_max_new_tokens: int = 96
+    final: bool = True  # evaluate once more when training ends
 
 
 @dataclass(frozen=True)

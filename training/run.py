@@ -84,5 +84,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = T
     def save_fn(path: Path) -> None:
         save_adapter(model, path, extra={"train_config": cfg.to_dict(), "trainable_parameters": n_train})
 
-    trainer = Trainer(model, loss_fn, batch_fn, cfg.optim, out, eval_fn=eval_fn, save_fn=save_fn, device=device)
+    use_eval = cfg.eval.final or cfg.optim.eval_every > 0
+    trainer = Trainer(
+        model, loss_fn, batch_fn, cfg.optim, out, eval_fn=eval_fn if use_eval else None, save_fn=save_fn, device=device
+    )
     return trainer.fit(stop_after=stop_after)
