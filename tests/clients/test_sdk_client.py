@@ -89,10 +89,18 @@ def test_timeouts_per_client_and_per_call(twin, server, solve_ok):
     twin.call(fake, "solve", "q")
     twin.call(fake, "solve", "q", client={"timeout": 7})
     twin.call(fake, "solve", "q", client={"timeout": 7}, timeout=2.5)
+    twin.call(fake, "solve", "q", client={"timeout": None})
     seen = [r.extensions["timeout"] for r in fake.requests]
     assert seen[0] == {"connect": 5.0, "read": 60.0, "write": 60.0, "pool": 60.0}
     assert seen[1]["read"] == 7.0
     assert seen[2] == {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}
+    assert seen[3] == {"connect": None, "read": None, "write": None, "pool": None}
+
+
+@pytest.mark.parametrize("bad", [0, -1, "10", True])
+def test_bad_timeout_is_a_value_error(bad):
+    with pytest.raises(ValueError, match="timeout="):
+        Client(timeout=bad)
 
 
 def test_models_parses_base_model_and_adapters(twin, server):

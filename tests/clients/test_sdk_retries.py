@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from kava_client import (
     APIConnectionError,
     APITimeoutError,
+    AsyncClient,
+    Client,
     RetryPolicy,
     ServiceUnavailableError,
     UnprocessableEntityError,
@@ -127,3 +133,48 @@ def test_parse_retry_after():
     assert parse_retry_after("soon") is None
     date = email.utils.formatdate(1_000_010, usegmt=True)
     assert parse_retry_after(date, now=1_000_000) == pytest.approx(10.0)
+
+
+def test_retries_over_a_real_socket(twin):
+    """The same request object is re-sent over a real connection after a 503 (no mock transport)."""
+    seen: list[tuple[str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append((self.headers["X-Request-Id"], self.rfile.read(int(self.headers["Content-Length"]))))
+            if len(seen) == 1:
+                payload, status, extra = b'{"error": {"type": "overloaded", "message": "busy"}}', 503, "Retry-After"
+            else:
+                payload, status, extra = json.dumps({"id": "r", "answer": "8", "text": "8"}).encode(), 200, None
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if extra:
+                self.send_header(extra, "0")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        if twin.kind == "sync":
+            with Client(base_url=base_url, timeout=5) as client:
+                answer = client.solve("3 + 5?").answer
+        else:
+
+            async def go() -> str | None:
+                async with AsyncClient(base_url=base_url, timeout=5) as client:
+                    return (await client.solve("3 + 5?")).answer
+
+            answer = asyncio.run(go())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+    assert answer == "8"
+    assert len(seen) == 2 and seen[0] == seen[1]  # same id, same body
