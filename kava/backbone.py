@@ -72,7 +72,7 @@ def load_base_model(
     name_or_path: str | Path, *, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa"
 ) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=dtype, attn_implementation=attn_implementation
+        resolve_base(name_or_path), dtype=dtype, attn_implementation=attn_implementation
     )
     return model.to(device)
 

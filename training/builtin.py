@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from kava.builtin import BUILTIN_ADAPTER, BUILTIN_BASE, BUILTIN_ID
+from kava.builtin import BUILTIN_ADAPTER, BUILTIN_BASE, BUILTIN_DIR, BUILTIN_ID
 from training.data.task import mixed_styles
 from training.pretrain import BackboneShape, pretrain_backbone
 from training.trainer import OptimSettings
@@ -24,6 +24,7 @@ from training.trainer import OptimSettings
 log = logging.getLogger(__name__)
 
 NUM_TRAIN = 40_000
+SUMMARY_FILES = ("SHA256SUMS", "regression.json")
 BASE_SETTINGS = OptimSettings(
     lr=2e-3, weight_decay=0.1, warmup_ratio=0.05, max_steps=900, batch_size=64, grad_clip=1.0, save_every=50
 )
@@ -49,6 +50,36 @@ def build_base(work: Path, stop_after: int | None = None) -> bool:
     return True
 
 
+def finalize(n_probe: int = 64, n_keep: int = 8) -> None:
+    """Record what the regression test checks: every shipped file's SHA-256, and held-out
+    questions the built-in adapter answers correctly in latent mode."""
+    import hashlib
+    import json
+
+    from kava.adapters import load_adapter
+    from kava.generate import solve_batch
+    from training.data.task import held_out
+
+    sums = []
+    for path in sorted(p for p in BUILTIN_DIR.rglob("*") if p.is_file() and p.name not in SUMMARY_FILES):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        sums.append(f"{digest}  {path.relative_to(BUILTIN_DIR)}")
+    (BUILTIN_DIR / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    model = load_adapter(BUILTIN_ADAPTER, device="cpu", dtype="float32")
+    probe = held_out("equation", n_probe)
+    out = solve_batch(model, [e.question for e in probe], max_new_tokens=16).results
+    keep = [(e, r) for e, r in zip(probe, out) if r.answer == e.answer][:n_keep]
+    record = {
+        "mode": "latent",
+        "questions": [e.question for e, _ in keep],
+        "answers": [e.answer for e, _ in keep],
+        "texts": [r.text for _, r in keep],
+        "probe_accuracy": sum(r.answer == e.answer for e, r in zip(probe, out)) / len(probe),
+    }
+    (BUILTIN_DIR / "regression.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info("recorded %d files' hashes and %d regression questions", len(sums), len(keep))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.builtin", description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("runs/builtin"), help="checkpoints and logs (resumable)")
@@ -61,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("adapter", "all"):
         from training.builtin_adapter import build_adapter
 
-        build_adapter(args.work, BUILTIN_ID, BUILTIN_ADAPTER, args.stop_after)
+        if build_adapter(args.work, BUILTIN_ID, BUILTIN_ADAPTER, args.stop_after):
+            finalize()
     return 0
 
 

@@ -1,0 +1,265 @@
+"""HTTP handlers: thin translations between the wire formats and the engine.
+
+`/v1/*` (solve, models, adapters) needs the API key when one is set; `/health`, `/ready`
+and `/metrics` never do (probes and Prometheus). The solve handler admits (draining, not
+ready, queue bound) before anything is tokenised, waits for the engine's answer without
+blocking the event loop, and drops the job when the client disconnects or the deadline
+passes. Does not own the engine, the metrics or the error envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from kava.adapters import AdapterError
+from server.batch import BatchKey, Done, Job, JobResult
+from server.engine import Draining, Engine, EngineDead, EngineFailure, NotReady, QueueFull
+from server.errors import ApiError, conflict, envelope, invalid, not_found, unauthorized, unavailable
+from server.runner import AdapterConflict, AdapterNotLoaded
+from server.schemas import (
+    AdapterCard,
+    AdapterDeleted,
+    AdapterLoadRequest,
+    ErrorEnvelope,
+    HealthResponse,
+    ModelsResponse,
+    SolveRequest,
+    SolveResponse,
+    Timings,
+    Usage,
+)
+from server.settings import Settings
+from server.stats import AdapterInfo
+
+if TYPE_CHECKING:
+    from server.app import ServerContext
+
+SOLVE_PATH = "/v1/solve"
+ERRORS = {code: {"model": ErrorEnvelope} for code in (401, 404, 422, 500, 503, 504)}
+
+
+def _ctx(request: Request) -> ServerContext:
+    return request.app.state.kava
+
+
+async def require_key(request: Request) -> None:
+    key = _ctx(request).settings.api_key
+    if key is None:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    if not secrets.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise unauthorized()
+
+
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERRORS)
+probes = APIRouter()
+
+
+# /v1/solve ---------------------------------------------------------------------------------
+def _admit(engine: Engine, retry_after_s: int) -> None:
+    if engine.draining:
+        raise unavailable("unavailable_error", "the server is draining (shutting down); retry elsewhere", retry_after_s)
+    if not engine.ready:
+        raise unavailable("unavailable_error", "the model is not ready yet (loading or warming up)", retry_after_s)
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, outcome: JobResult | BaseException) -> None:
+    """Engine thread -> event loop. Exceptions travel as values: nobody may be awaiting."""
+    loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(outcome))
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _wait(request: Request, engine: Engine, job: Job, fut: asyncio.Future, timeout: float) -> JobResult:
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({fut, watcher}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        engine.cancel(job)
+        raise
+    finally:
+        watcher.cancel()
+    if fut in done:
+        outcome = fut.result()
+        if isinstance(outcome, JobResult):
+            return outcome
+        raise _engine_error(outcome, job.id)
+    engine.cancel(job)
+    if watcher in done:
+        raise ApiError(499, "cancelled_error", "the client closed the connection; the request was dropped")
+    limit = _ctx(request).settings.request_timeout_s
+    raise ApiError(
+        504, "timeout_error", f"the request waited past its deadline of {limit:g} s (KAVA_REQUEST_TIMEOUT_S)"
+    )
+
+
+def _engine_error(exc: BaseException, request_id: str) -> ApiError:
+    if isinstance(exc, AdapterNotLoaded):
+        return not_found(str(exc), "adapter")
+    reason = "the engine failed on this request's batch" if isinstance(exc, EngineFailure) else "the engine stopped"
+    return ApiError(500, "engine_error", f"{reason} (request id {request_id}): {exc}")
+
+
+def _job(body: SolveRequest, info: AdapterInfo, settings: Settings, request: Request, done: Done) -> Job:
+    latent = body.mode == "latent"
+    iterations = body.num_iterations if body.num_iterations is not None else info.num_iterations
+    return Job(
+        id=request.state.request_id,
+        question=body.question,
+        key=BatchKey(info.name, body.mode, iterations if latent else None),
+        max_new_tokens=body.max_new_tokens or settings.default_max_new_tokens(body.mode),
+        return_latents=body.return_latents,
+        arrival=request.state.arrival,
+        done=done,
+    )
+
+
+def _response(job: Job, body: SolveRequest, jr: JobResult) -> SolveResponse:
+    res = jr.result
+    extra = {}
+    if body.return_latents:
+        nearest = res.latent_nearest_tokens
+        extra["latents"] = [[token] for token in nearest] if nearest is not None else None
+    return SolveResponse(
+        id=job.id,
+        answer=res.answer,
+        text=res.text,
+        mode=body.mode,
+        adapter=job.key.adapter,
+        usage=Usage(
+            prompt_tokens=res.prompt_tokens,
+            latent_tokens=res.latent_tokens,
+            generated_tokens=res.generated_tokens,
+            forward_passes=res.forward_passes,
+        ),
+        timings_ms=Timings(
+            queue=round(jr.queue_s * 1e3, 3),
+            prefill=round(jr.prefill_s * 1e3, 3),
+            latent=round(jr.latent_s * 1e3, 3),
+            decode=round(jr.decode_s * 1e3, 3),
+            total=round(jr.total_s * 1e3, 3),
+        ),
+        kv_cache_bytes=res.kv_cache_bytes,
+        **extra,
+    )
+
+
+@api.post("/solve", response_model=SolveResponse, response_model_exclude_unset=True)
+async def solve(body: SolveRequest, request: Request) -> SolveResponse:
+    ctx = _ctx(request)
+    settings, engine = ctx.settings, ctx.engine
+    request.state.mode = body.mode
+    # 1. admission, before any tokenisation (that happens on the engine thread only)
+    _admit(engine, settings.retry_after_s)
+    # 2. the request against what is loaded and the server's limits
+    info = engine.adapter(body.adapter or engine.default_adapter)
+    if info is None:
+        loaded = sorted(a.name for a in engine.adapters())
+        raise not_found(f"adapter {body.adapter!r} is not loaded; loaded adapters: {loaded}", "adapter")
+    problems = body.problems(settings)
+    if problems:
+        raise invalid(problems[0][0], "; ".join(message for _, message in problems))
+    # 3. queue it, and wait without blocking the loop
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    job = _job(body, info, settings, request, partial(_hand_back, loop, fut))
+    try:
+        engine.submit(job)
+    except QueueFull as exc:
+        raise unavailable("overloaded_error", f"the server is at capacity: {exc}", settings.retry_after_s) from exc
+    except (Draining, NotReady, EngineDead) as exc:
+        raise unavailable("unavailable_error", str(exc), settings.retry_after_s) from exc
+    try:
+        jr = await _wait(request, engine, job, fut, job.arrival + settings.request_timeout_s - time.perf_counter())
+    except asyncio.CancelledError:
+        ctx.metrics.record_outcome("cancelled", body.mode)
+        raise
+    response = _response(job, body, jr)
+    ctx.metrics.record_outcome("ok", body.mode)
+    ctx.metrics.record_e2e(body.mode, info.name, time.perf_counter() - job.arrival)
+    return response
+
+
+# /v1/models and /v1/adapters ---------------------------------------------------------------
+def _card(info: AdapterInfo, engine: Engine) -> AdapterCard:
+    return AdapterCard(**vars(info), default=info.name == engine.default_adapter)
+
+
+@api.get("/models", response_model=ModelsResponse)
+async def models(request: Request) -> ModelsResponse:
+    engine = _ctx(request).engine
+    default = engine.adapter(engine.default_adapter or "")
+    if default is None:
+        raise unavailable("unavailable_error", "the model is not loaded yet", _ctx(request).settings.retry_after_s)
+    cards = [_card(a, engine) for a in engine.adapters()]
+    return ModelsResponse(base_model=default.base_model, default_adapter=default.name, adapters=cards)
+
+
+async def _on_engine(request: Request, fn):
+    ctx = _ctx(request)
+    if ctx.engine.draining:
+        raise unavailable("unavailable_error", "the server is draining", ctx.settings.retry_after_s)
+    try:
+        return await asyncio.wrap_future(ctx.engine.call(fn))
+    except EngineDead as exc:
+        raise unavailable("unavailable_error", str(exc), ctx.settings.retry_after_s) from exc
+
+
+@api.post("/adapters", status_code=201, response_model=AdapterCard, responses={409: {"model": ErrorEnvelope}})
+async def load_adapter(body: AdapterLoadRequest, request: Request) -> AdapterCard:
+    try:
+        info = await _on_engine(request, lambda runner: runner.add_adapter(body.name, body.path))
+    except AdapterConflict as exc:
+        raise conflict(str(exc), "name") from exc
+    except AdapterError as exc:
+        raise invalid("path", f"path: {exc}") from exc
+    return _card(info, _ctx(request).engine)
+
+
+@api.delete("/adapters/{name}", response_model=AdapterDeleted, responses={409: {"model": ErrorEnvelope}})
+async def unload_adapter(name: str, request: Request) -> AdapterDeleted:
+    if _ctx(request).engine.adapter(name) is None:
+        raise not_found(f"adapter {name!r} is not loaded", "name")
+    try:
+        await _on_engine(request, lambda runner: runner.remove_adapter(name))
+    except AdapterNotLoaded as exc:
+        raise not_found(str(exc), "name") from exc
+    except AdapterConflict as exc:
+        raise conflict(str(exc), "name") from exc
+    return AdapterDeleted(name=name)
+
+
+# Probes and metrics ------------------------------------------------------------------------
+@probes.get("/health", response_model=HealthResponse, responses={503: {"model": ErrorEnvelope}})
+async def health(request: Request):
+    engine = _ctx(request).engine
+    if engine.alive:
+        return HealthResponse(status="ok")
+    return envelope(503, "engine_dead", f"the engine thread is not running: {engine.error!r}")
+
+
+@probes.get("/ready", response_model=HealthResponse, responses={503: {"model": ErrorEnvelope}})
+async def ready(request: Request):
+    ctx = _ctx(request)
+    if ctx.engine.ready:
+        return HealthResponse(status="ready")
+    state = "draining" if ctx.engine.draining else ctx.engine.snapshot().state
+    headers = {"Retry-After": str(ctx.settings.retry_after_s)}
+    return envelope(503, "unavailable_error", f"not ready: {state}", None, headers)
+
+
+@probes.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    ctx = _ctx(request)
+    body, content_type = ctx.metrics.render(ctx.engine.snapshot(), ctx.engine.memory(), ctx.engine.adapters())
+    return Response(body, media_type=content_type)

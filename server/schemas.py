@@ -1,0 +1,142 @@
+"""Wire formats of the HTTP API: every request and response body, as pydantic models.
+
+Static shape checks live here (types, non-empty question, knob signs); the bounds that
+depend on the server's settings (question length, max_new_tokens, T) are checked by
+`SolveRequest.problems(settings)`, so a 422 always names the field, the problem and the
+limit. Does not own routing or status codes (`server.routes`, `server.errors`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from server.settings import ADAPTER_NAME, Settings
+
+Mode = Literal["latent", "cot"]
+
+
+class SolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, description="one math word problem")
+    adapter: str | None = Field(default=None, description="adapter name; the server's default when omitted")
+    mode: Mode = Field(default="latent", description="latent, or cot = the same adapter writing its chain of thought")
+    max_new_tokens: int | None = Field(default=None, ge=1, description="answer tokens to decode at most")
+    num_iterations: int | None = Field(default=None, ge=0, description="T override (Jacobi iterations)")
+    return_latents: bool = Field(default=False, description="nearest vocabulary token of each latent slot")
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("blank", "must contain more than whitespace")
+        return value
+
+    def problems(self, settings: Settings) -> list[tuple[str, str]]:
+        """(field, message) for every settings-dependent bound this request breaks."""
+        out = []
+        if len(self.question) > settings.max_question_chars:
+            out.append(
+                (
+                    "question",
+                    f"question is too long: {len(self.question)} characters, the limit is "
+                    f"{settings.max_question_chars} (KAVA_MAX_QUESTION_CHARS)",
+                )
+            )
+        if self.max_new_tokens is not None and self.max_new_tokens > settings.max_new_tokens_limit:
+            out.append(
+                (
+                    "max_new_tokens",
+                    f"max_new_tokens={self.max_new_tokens} is above the limit of "
+                    f"{settings.max_new_tokens_limit} (KAVA_MAX_NEW_TOKENS_LIMIT)",
+                )
+            )
+        if self.num_iterations is not None and self.num_iterations > settings.max_num_iterations:
+            out.append(
+                (
+                    "num_iterations",
+                    f"num_iterations={self.num_iterations} is above the limit of "
+                    f"{settings.max_num_iterations} (KAVA_MAX_NUM_ITERATIONS)",
+                )
+            )
+        return out
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    latent_tokens: int
+    generated_tokens: int
+    forward_passes: int
+
+
+class Timings(BaseModel):
+    """Milliseconds. queue: arrival -> batch start; total: arrival -> result."""
+
+    queue: float
+    prefill: float
+    latent: float
+    decode: float
+    total: float
+
+
+class SolveResponse(BaseModel):
+    id: str
+    answer: str | None
+    text: str
+    mode: Mode
+    adapter: str
+    usage: Usage
+    timings_ms: Timings
+    kv_cache_bytes: int
+    latents: list[list[str]] | None = Field(
+        default=None,
+        description="only when return_latents was asked: per latent slot, its nearest vocabulary tokens, "
+        "best first (cosine to the input embeddings; one per slot today); null in cot mode",
+    )
+
+
+class AdapterCard(BaseModel):
+    name: str
+    base_model: str
+    num_latents: int
+    num_iterations: int
+    dtype: str
+    device: str
+    default: bool
+
+
+class ModelsResponse(BaseModel):
+    base_model: str
+    default_adapter: str
+    adapters: list[AdapterCard]
+
+
+class AdapterLoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=ADAPTER_NAME, description="name to serve it under")
+    path: Path = Field(description="adapter directory on the server's disk")
+
+
+class AdapterDeleted(BaseModel):
+    name: str
+    deleted: bool = True
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "dead", "loading", "ready", "draining", "unavailable"]
+    detail: str | None = None
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,231 @@
+"""Every error row of SERVING.md's table, in the one envelope, with X-Request-Id."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from server_harness import (
+    QUESTIONS,
+    HookedRunner,
+    app_over,
+    client_for,
+    gated,
+    metric_samples,
+    run,
+    sample_value,
+    settings,
+    wait_until,
+)
+
+from server.app import build_engine, create_app
+
+
+def _envelope(r, status: int, type_: str | None = None, param: str | None = None) -> str:
+    assert r.status_code == status, r.text
+    assert r.headers["x-request-id"]
+    err = r.json()["error"]
+    assert set(err) == {"type", "message", "param"}
+    if type_ is not None:
+        assert err["type"] == type_
+    assert err["param"] == param
+    return err["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "needles"),
+    [
+        ({}, "question", ["question", "required"]),
+        ({"question": ""}, "question", ["question", "at least 1 character"]),
+        ({"question": "   "}, "question", ["question", "whitespace"]),
+        (
+            {"question": "x" * 101},
+            "question",
+            ["question", "101 characters", "limit is 100", "KAVA_MAX_QUESTION_CHARS"],
+        ),
+        ({"question": "q", "mode": "fast"}, "mode", ["mode", "'latent' or 'cot'"]),
+        ({"question": "q", "max_new_tokens": 0}, "max_new_tokens", ["max_new_tokens", "greater than or equal to 1"]),
+        ({"question": "q", "max_new_tokens": 9999}, "max_new_tokens", ["max_new_tokens=9999", "limit of 1024"]),
+        ({"question": "q", "num_iterations": -1}, "num_iterations", ["num_iterations", "greater than or equal to 0"]),
+        ({"question": "q", "num_iterations": 99}, "num_iterations", ["num_iterations=99", "limit of 32"]),
+        ({"question": "q", "temprature": 1}, "temprature", ["temprature", "not permitted"]),
+        ([1, 2], None, ["JSON object"]),
+    ],
+)
+def test_invalid_request_is_422_naming_field_and_limit(runner, body, param, needles):
+    async def scenario():
+        async with client_for(app_over(runner, max_question_chars=100)) as client:
+            return await client.post("/v1/solve", json=body)
+
+    message = _envelope(run(scenario()), 422, "invalid_request_error", param)
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_malformed_json_is_422_envelope(runner):
+    async def scenario():
+        async with client_for(app_over(runner)) as client:
+            r = await client.post("/v1/solve", content=b'{"question": ', headers={"content-type": "application/json"})
+            metrics = metric_samples((await client.get("/metrics")).text)
+        return r, metrics
+
+    r, metrics = run(scenario())
+    assert "malformed JSON" in _envelope(r, 422, "invalid_request_error", None)
+    assert sample_value(metrics["kava_requests"], "kava_requests_total", outcome="invalid") == 1
+
+
+def test_unknown_adapter_is_404(runner):
+    async def scenario():
+        async with client_for(app_over(runner)) as client:
+            return await client.post("/v1/solve", json={"question": "q", "adapter": "nope"})
+
+    message = _envelope(run(scenario()), 404, "not_found_error", "adapter")
+    assert "'nope'" in message and "tiny" in message
+
+
+def test_api_key_is_enforced_on_v1_only(runner):
+    async def scenario():
+        async with client_for(app_over(runner, api_key="s3cret")) as client:
+            q = {"question": QUESTIONS[0]}
+            missing = await client.post("/v1/solve", json=q)
+            wrong = await client.post("/v1/solve", json=q, headers={"Authorization": "Bearer nope"})
+            models = await client.get("/v1/models")
+            bearer = await client.post("/v1/solve", json=q, headers={"Authorization": "Bearer s3cret"})
+            header = await client.get("/v1/models", headers={"X-API-Key": "s3cret"})
+            probes = [await client.get(p) for p in ("/health", "/ready", "/metrics")]
+        return missing, wrong, models, bearer, header, probes
+
+    missing, wrong, models, bearer, header, probes = run(scenario())
+    for r in (missing, wrong, models):
+        _envelope(r, 401, "authentication_error", None)
+    assert bearer.status_code == 200 and header.status_code == 200
+    assert [p.status_code for p in probes] == [200, 200, 200]
+
+
+def test_queue_full_is_503_with_retry_after(runner):
+    slow, gate = gated(runner)
+
+    app = app_over(slow, max_batch_size=1, max_queue_size=1, max_wait_ms=0)
+    engine = app.state.kava.engine
+
+    async def scenario():
+        async with client_for(app) as client:
+            first = asyncio.ensure_future(client.post("/v1/solve", json={"question": QUESTIONS[0]}))
+            await wait_until(lambda: engine.snapshot().running == 1)
+            second = asyncio.ensure_future(client.post("/v1/solve", json={"question": QUESTIONS[1]}))
+            await wait_until(lambda: engine.snapshot().waiting == 1)
+            third = await client.post("/v1/solve", json={"question": QUESTIONS[2]})
+            gate.set()
+            return third, await first, await second
+
+    third, first, second = run(scenario())
+    assert "capacity" in _envelope(third, 503, "overloaded_error", None)
+    assert third.headers["retry-after"] == "1"
+    assert first.status_code == second.status_code == 200
+
+
+def test_waiting_past_the_deadline_is_504(runner):
+    slow, gate = gated(runner)
+
+    async def scenario():
+        async with client_for(app_over(slow, max_batch_size=1, request_timeout_s=0.3)) as client:
+            r = await client.post("/v1/solve", json={"question": QUESTIONS[0]})
+            gate.set()
+            return r, metric_samples((await client.get("/metrics")).text)
+
+    r, metrics = run(scenario())
+    assert "0.3 s" in _envelope(r, 504, "timeout_error", None)
+    assert sample_value(metrics["kava_requests"], "kava_requests_total", outcome="timeout", mode="latent") == 1
+
+
+def test_engine_failure_is_500_with_request_id_and_the_engine_recovers(runner):
+    def boom(batch):
+        if any("BOOM" in q for q in batch.questions):
+            raise RuntimeError("simulated device fault")
+
+    async def scenario():
+        async with client_for(app_over(HookedRunner(runner, boom))) as client:
+            bad = await client.post("/v1/solve", json={"question": "BOOM 1+1"}, headers={"X-Request-Id": "req-42"})
+            good = await client.post("/v1/solve", json={"question": QUESTIONS[0]})
+            health = await client.get("/health")
+        return bad, good, health
+
+    bad, good, health = run(scenario())
+    message = _envelope(bad, 500, "engine_error", None)
+    assert "req-42" in message and "simulated device fault" in message
+    assert good.status_code == 200 and health.status_code == 200
+
+
+class Fatal(BaseException):
+    """Escapes the engine's per-batch handler, like a bug in the loop itself."""
+
+
+def test_dead_engine_makes_health_503(runner):
+    def die(batch):
+        raise Fatal("engine loop bug")
+
+    async def scenario():
+        async with client_for(app_over(HookedRunner(runner, die))) as client:
+            first = await client.post("/v1/solve", json={"question": QUESTIONS[0]})
+            return (
+                first,
+                await client.get("/health"),
+                await client.get("/ready"),
+                await client.post("/v1/solve", json={"question": QUESTIONS[0]}),
+            )
+
+    first, health, ready, after = run(scenario())
+    assert "the engine stopped" in _envelope(first, 500, "engine_error", None)
+    _envelope(health, 503, "engine_dead", None)
+    _envelope(ready, 503, "unavailable_error", None)
+    _envelope(after, 503, "unavailable_error", None)
+    assert after.headers["retry-after"]
+
+
+def test_not_ready_while_warming_up_is_503(runner):
+    release = threading.Event()
+    warming = HookedRunner(runner, lambda batch: None)
+    warming.warmup = lambda: release.wait(30)
+    s = settings(warmup=True)
+    engine = build_engine(s, warming)
+
+    async def scenario():
+        async with client_for(create_app(s, engine)) as client:
+            ready = await client.get("/ready")
+            solve = await client.post("/v1/solve", json={"question": QUESTIONS[0]})
+            health = await client.get("/health")
+            release.set()
+            await wait_until(lambda: engine.ready)
+            return ready, solve, health, await client.get("/ready")
+
+    ready, solve, health, ready_after = run(scenario())
+    assert "warming" in _envelope(ready, 503, "unavailable_error", None)
+    assert "not ready" in _envelope(solve, 503, "unavailable_error", None)
+    assert solve.headers["retry-after"] == "1"
+    assert health.status_code == 200 and ready_after.status_code == 200
+
+
+def test_unknown_route_uses_the_envelope(runner):
+    async def scenario():
+        async with client_for(app_over(runner)) as client:
+            return await client.get("/v2/nothing")
+
+    _envelope(run(scenario()), 404, "not_found_error", None)
+
+
+def test_an_unexpected_error_is_a_500_envelope_with_the_request_id(runner):
+    app = app_over(runner)
+
+    def broken(*args):
+        raise RuntimeError("bug")
+
+    app.state.kava.metrics.render = broken
+
+    async def scenario():
+        async with client_for(app) as client:
+            return await client.get("/metrics", headers={"X-Request-Id": "rid-7"})
+
+    r = run(scenario())
+    assert r.headers["x-request-id"] == "rid-7"
+    assert "rid-7" in _envelope(r, 500, "internal_error", None)
