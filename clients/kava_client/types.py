@@ -65,10 +65,12 @@ class AdapterInfo(_Response):
     """One loaded adapter: M latent slots refined by T Jacobi iterations."""
 
     name: str
+    base_model: str | None = None  # the base model id this adapter sits on
     num_latents: int | None = Field(default=None, validation_alias=AliasChoices("num_latents", "M", "m"))
     num_iterations: int | None = Field(default=None, validation_alias=AliasChoices("num_iterations", "T", "t"))
     dtype: str | None = None
     device: str | None = None
+    default: bool = False  # the adapter a solve without `adapter=` uses
 
     @property
     def M(self) -> int | None:
@@ -91,6 +93,7 @@ class ModelsResponse(_Response):
     """Answer to `GET /v1/models`: the base model and the adapters loaded on it."""
 
     base_model: BaseModelInfo | None = Field(default=None, validation_alias=AliasChoices("base_model", "base", "model"))
+    default_adapter: str | None = None  # what a solve without `adapter=` uses
     adapters: list[AdapterInfo] = Field(default_factory=list, validation_alias=AliasChoices("adapters", "data"))
 
     @model_validator(mode="before")
