@@ -33,6 +33,15 @@ def _check(problems: list[str], ok: bool, message: str) -> None:
         problems.append(message)
 
 
+def _from_dict(cls, data: dict[str, Any]):
+    """Build a config dataclass from JSON data, refusing unknown fields by name."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Every choice of the KaVa method; one instance travels with each adapter.
@@ -118,11 +127,7 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown MethodConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return _from_dict(cls, data)
 
     def replace(self, **changes: Any) -> MethodConfig:
         return dataclasses.replace(self, **changes)
@@ -169,8 +174,4 @@ class LoraSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoraSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown LoraSettings field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return _from_dict(cls, data)
