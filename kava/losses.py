@@ -144,7 +144,7 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
     if need_codi:
         rows = torch.arange(batch.teacher_ids.shape[0], device=model.device)
         t_h = [h[rows, batch.teacher_codi_pos] for h in t_out.hidden_states]  # per layer (B, D)
-        s_h = [h[:, batch.student_codi_pos] for h in s_out.hidden_states]
+        s_h = [h[rows, batch.student_codi_pos] for h in s_out.hidden_states]
         codi = codi_loss(s_h, t_h, kind=cfg.codi_loss, layerwise_std=cfg.codi_layerwise_std)
 
     # 4. KV: last-iteration latent K/V vs the R-KV-compressed teacher CoT K/V

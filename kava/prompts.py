@@ -153,12 +153,12 @@ class TrainBatch:
     teacher_labels: torch.Tensor  # (B, Lt) next-token targets aligned to inputs, IGNORE off C P A <eos>
     cot_mask: torch.Tensor  # (B, Lt) bool: positions of C
     answer_mask: torch.Tensor  # (B, Lt) bool: positions of P A (the queries R-KV scores with)
-    teacher_codi_pos: torch.Tensor  # (B,) index of the last P token
+    teacher_codi_pos: torch.Tensor  # (B,) position predicting the first answer digit
     prefix: PrefixBatch  # (B, Lq) `Q <bot>`
     suffix_ids: torch.Tensor  # (B, La) `<eot> P A <eos>`
     suffix_mask: torch.Tensor  # (B, La)
     suffix_labels: torch.Tensor  # (B, La)
-    student_codi_pos: int  # index in the suffix of the last P token (same for every row)
+    student_codi_pos: torch.Tensor  # (B,) the same position, counted in the suffix
 
     def to(self, device: torch.device | str) -> TrainBatch:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
@@ -184,18 +184,32 @@ class TeacherBatch:
     labels: torch.Tensor  # (B, Lt) next-token targets aligned to inputs, IGNORE off C P A <eos>
     cot_mask: torch.Tensor  # (B, Lt) bool: positions of C
     answer_mask: torch.Tensor  # (B, Lt) bool: positions of P A
-    codi_pos: torch.Tensor  # (B,) index of the last P token
+    codi_pos: torch.Tensor  # (B,) the position that predicts the first answer digit (see codi_offset)
+
+
+def codi_offset(tokenizer, answer_ids: Sequence[int]) -> int:
+    """How many leading answer tokens are bare whitespace. Tokenizers that split digits
+    from the space before them (Llama-3, the built-in BPE) emit `" "` first; the CODI
+    position is then that lone-space token, whose next prediction is the first digit,
+    not the prompt's `:` (which only predicts the space)."""
+    n = 0
+    for t in answer_ids:
+        if tokenizer.decode([t]).strip():
+            break
+        n += 1
+    return min(n, max(len(answer_ids) - 1, 0))
 
 
 def encode_teacher(tokenizer, examples: Sequence[Example], config: MethodConfig, eos: int, pad: int) -> TeacherBatch:
     """Teacher-mode rows only; needs no method tokens (so a backbone can pretrain on it)."""
     p_ids = prompt_ids(tokenizer, config)
-    rows, spans, starts = [], [], []
+    rows, spans, starts, leads = [], [], [], []
     for ex in examples:
         q = question_ids(tokenizer, ex.question)
         c = _ids(tokenizer, trace_text(ex.steps, config))
         a = _ids(tokenizer, answer_text(ex.answer))
         rows.append(q + c + p_ids + a + [eos])
+        leads.append(codi_offset(tokenizer, a))
         spans.append((len(q), len(q) + len(c), len(q) + len(c) + len(p_ids) + len(a)))
         starts.append(len(q))
     ids, mask = pad_right(rows, pad)
@@ -205,14 +219,15 @@ def encode_teacher(tokenizer, examples: Sequence[Example], config: MethodConfig,
     for b, (c0, c1, a1) in enumerate(spans):
         cot_mask[b, c0:c1] = True
         answer_mask[b, c1:a1] = True
-        codi_pos[b] = c1 + len(p_ids) - 1
+        codi_pos[b] = c1 + len(p_ids) - 1 + leads[b]
     return TeacherBatch(ids, mask, _shifted_labels(rows, starts, ids.shape[1]), cot_mask, answer_mask, codi_pos)
 
 
 def encode_training_batch(tokenizer, examples: Sequence[Example], config: MethodConfig, ids: TokenIds) -> TrainBatch:
     teacher = encode_teacher(tokenizer, examples, config, ids.eos, ids.pad)
     p_ids = prompt_ids(tokenizer, config)
-    suffix_rows = [[ids.eot] + p_ids + _ids(tokenizer, answer_text(ex.answer)) + [ids.eos] for ex in examples]
+    answers = [_ids(tokenizer, answer_text(ex.answer)) for ex in examples]
+    suffix_rows = [[ids.eot] + p_ids + a + [ids.eos] for a in answers]
     s_ids, s_mask = pad_right(suffix_rows, ids.pad)
     return TrainBatch(
         teacher_ids=teacher.ids,
@@ -225,5 +240,5 @@ def encode_training_batch(tokenizer, examples: Sequence[Example], config: Method
         suffix_ids=s_ids,
         suffix_mask=s_mask,
         suffix_labels=_shifted_labels(suffix_rows, [1] * len(suffix_rows), s_ids.shape[1]),
-        student_codi_pos=len(p_ids),
+        student_codi_pos=torch.tensor([len(p_ids) + codi_offset(tokenizer, a) for a in answers]),
     )
