@@ -101,6 +101,14 @@ class Projection(nn.Module):
         if enabled:
             self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.LayerNorm(dim))
 
+    def match_scale(self, rms: float) -> None:
+        """Start the output at the token embeddings' scale: a unit-variance LayerNorm
+        output is often 10-50x larger than an embedding row, and a latent that big drowns
+        the residual stream it is added to."""
+        if self.enabled:
+            with torch.no_grad():
+                self.net[-1].weight.fill_(rms)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, *, D) -> (B, *, D)
         return self.net(h) if self.enabled else h
 
@@ -139,6 +147,7 @@ class KavaModel(nn.Module):
         self.register_buffer("special_ids", special, persistent=False)
         self.special_rows = nn.Parameter(emb.detach()[special].clone())  # (3, D)
         self.projection = Projection(dim, config.use_projection).to(device=emb.device, dtype=emb.dtype)
+        self.projection.match_scale(float(emb.detach().float().std()))
 
     # Facts ----------------------------------------------------------------------------
     @property
