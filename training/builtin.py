@@ -50,7 +50,7 @@ def build_base(work: Path, stop_after: int | None = None) -> bool:
     return True
 
 
-def finalize(n_probe: int = 300, n_keep: int = 8) -> None:
+def finalize(n_probe: int = 500, n_keep: int = 8) -> None:
     """Record what the regression test checks: every shipped file's SHA-256, and held-out
     questions the built-in adapter answers correctly in latent mode."""
     import hashlib
