@@ -53,36 +53,24 @@ def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
 
 
 def family_config(family: str, vocab: int):
+    # Llama and Qwen2 share a shape (GQA: 4 query heads over 2 KV heads); only tying differs
+    rotary = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.1,
+        eos_token_id=1,
+        pad_token_id=1,
+        bos_token_id=None,
+    )
     if family == "llama":
-        return LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-            initializer_range=0.1,
-            eos_token_id=1,
-            pad_token_id=1,
-            bos_token_id=None,
-        )
+        return LlamaConfig(tie_word_embeddings=False, **rotary)
     if family == "qwen2":
-        return Qwen2Config(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-            initializer_range=0.1,
-            eos_token_id=1,
-            pad_token_id=1,
-            bos_token_id=None,
-        )
+        return Qwen2Config(tie_word_embeddings=True, **rotary)
     if family == "gpt2":
         return GPT2Config(
             vocab_size=vocab,
