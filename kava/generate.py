@@ -172,8 +172,9 @@ def solve_batch(
 ) -> BatchOutput:
     """Answer a batch of questions.
 
-    latent: prefill `Q <bot>` -> init pass -> T Jacobi iterations (or M sequential latent
-    passes) -> `<eot> P` -> greedy answer. cot: prefill `Q` -> greedy CoT + answer.
+    latent: prefill `Q <bot>` (+ the init pass, same forward) -> T Jacobi iterations (or M
+    sequential latent passes), the last one also carrying `<eot> P` -> greedy answer.
+    cot: prefill `Q` -> greedy CoT + answer.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: must be one of {MODES}")
@@ -188,25 +189,22 @@ def solve_batch(
     clock = _Clock(model.device)
 
     latent = mode == "latent"
+    m = cfg.num_latents if latent else 0
+    t = cfg.num_iterations if num_iterations is None else num_iterations
+    seq = cfg.sequential if sequential is None else sequential
+    fuse_init = latent and not seq and t > 0  # the init pass rides in the prefill pass
     batch = encode_prefixes(model.tokenizer, questions, model.ids, with_bot=latent).to(model.device)
-    pre: Prefix = prefill(model, batch)
+    pre: Prefix = prefill(model, batch, init_slots=m if fuse_init else 0)
     stats.prefill_s, stats.passes["prefill"] = clock.lap(), 1
-    m = 0
     latents_out = None
     if latent:
-        m = cfg.num_latents
-        t = cfg.num_iterations if num_iterations is None else num_iterations
-        lat = run_latents(
-            model, pre, num_latents=m, num_iterations=t, sequential=cfg.sequential if sequential is None else sequential
-        )
-        # `<eot> P` is the same for every row, so this pass needs no padding
+        # `<eot> P` is the same for every row: it rides in the last latent pass, unpadded
         suffix = torch.tensor([[model.ids.eot] + prompt_ids(model.tokenizer, cfg)], device=model.device)
-        s = suffix.shape[1]
-        mask = torch.cat([lat.mask, torch.ones((b, s), dtype=lat.mask.dtype, device=model.device)], 1)
-        pos = lat.lengths[:, None] + torch.arange(s, device=model.device)[None]  # (B, S)
-        out = model(model.embed(suffix).expand(b, -1, -1), mask, pos, lat.cache)
-        cache, lengths, logits = out.cache, lat.lengths + s, out.logits[:, -1]
-        stats.passes["latent"] = lat.passes + 1
+        lat = run_latents(
+            model, pre, num_latents=m, num_iterations=t, sequential=seq, suffix=model.embed(suffix).expand(b, -1, -1)
+        )
+        cache, mask, lengths, logits = lat.cache, lat.mask, lat.lengths, lat.suffix_logits
+        stats.passes["latent"] = lat.passes
         latents_out = lat.inputs
         stats.latent_s = clock.lap()
     else:

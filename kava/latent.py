@@ -1,7 +1,11 @@
 """The student's latent reasoning: prefill -> init pass -> T Jacobi iterations (METHOD.md §2).
 
 Owns the step functions shared by training, evaluation, the server and the benchmarks,
-and the sequential (Coconut/CODI-style) alternative. Every pass receives an attention
+and the sequential (Coconut/CODI-style) alternative. Inference fuses passes whose inputs
+are already known: the init pass's `<latent>` placeholders ride in the prefill pass
+(`prefill(..., init_slots=M)`), and the shared `<eot> P` suffix rides in the last latent
+pass (`suffix=`); attention is causal, so both give the same result as separate passes
+with two fewer sequential forward passes per question. Every pass receives an attention
 mask over cache + new tokens and position ids that count only real tokens, so a
 left-padded row computes exactly what it would alone. Gradients flow through every pass.
 Does not own answer decoding (`kava.generate`) or losses (`kava.losses`).
@@ -27,6 +31,7 @@ class Prefix:
     lengths: torch.Tensor  # (B,) real tokens
     last_hidden: torch.Tensor  # (B, D) h of the last prompt token (`<bot>` in student mode)
     last_logits: torch.Tensor  # (B, V)
+    init_hidden: torch.Tensor | None = None  # (B, M, D) the init pass, when fused into prefill
 
     def cache(self) -> DynamicCache:
         """A fresh cache over the prefix. Cache updates concatenate into new tensors, so
@@ -44,6 +49,7 @@ class Latents:
     inputs: torch.Tensor  # (B, M, D) slot inputs z of the last pass (whose KV stays)
     hidden: torch.Tensor  # (B, M, D) last-layer outputs of that pass
     passes: int  # forward passes spent in the latent phase
+    suffix_logits: torch.Tensor | None = None  # (B, V) after a fused suffix; it is in the cache
 
 
 def cache_kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -51,26 +57,40 @@ def cache_kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 # 1. Prefill ------------------------------------------------------------------------------
-def prefill(model: KavaModel, prefix: PrefixBatch) -> Prefix:
+def prefill(model: KavaModel, prefix: PrefixBatch, init_slots: int = 0) -> Prefix:
+    """Run the prompt; with `init_slots=M` the Jacobi init pass (M `<latent>` placeholders,
+    whose inputs do not depend on the prompt's output) runs in the same forward pass and
+    only the prompt's KV is kept."""
     mask = prefix.attention_mask  # (B, Lp)
-    out = model(model.embed(prefix.input_ids), mask, positions(mask))
+    b, lp = mask.shape
+    x = model.embed(prefix.input_ids)  # (B, Lp, D)
+    full = mask
+    if init_slots:
+        x = torch.cat([x, model.latent_placeholders(b, init_slots).to(x.dtype)], dim=1)
+        full = torch.cat([mask, mask.new_ones((b, init_slots))], dim=1)  # (B, Lp + M)
+    out = model(x, full, positions(full))
     return Prefix(
-        kv=cache_kv(out.cache),
+        kv=[(k[:, :, :lp], v[:, :, :lp]) for k, v in cache_kv(out.cache)],
         mask=mask,
         lengths=mask.sum(-1),
-        last_hidden=out.hidden[:, -1],
-        last_logits=out.logits[:, -1],
+        last_hidden=out.hidden[:, lp - 1],
+        last_logits=out.logits[:, lp - 1],
+        init_hidden=out.hidden[:, lp:] if init_slots else None,
     )
 
 
 # 2. One pass of M slots on top of the prefix --------------------------------------------
-def slot_pass(model: KavaModel, prefix: Prefix, inputs: torch.Tensor):
+def slot_pass(model: KavaModel, prefix: Prefix, inputs: torch.Tensor, suffix: torch.Tensor | None = None):
     """Run slot inputs (B, M, D) in parallel on a fresh copy of the prefix cache; slots
-    attend causally to each other and to the prefix, never to older iterations."""
+    attend causally to each other and to the prefix, never to older iterations. A
+    `suffix` (B, S, D) is appended after the slots in the same pass."""
     b, m, _ = inputs.shape
-    ones = torch.ones((b, m), dtype=prefix.mask.dtype, device=prefix.mask.device)
-    mask = torch.cat([prefix.mask, ones], dim=1)  # (B, Lp + M)
-    pos = prefix.lengths[:, None] + torch.arange(m, device=inputs.device)[None]  # (B, M)
+    if suffix is not None:
+        inputs = torch.cat([inputs, suffix.to(inputs.dtype)], dim=1)  # (B, M + S, D)
+    n = inputs.shape[1]
+    ones = torch.ones((b, n), dtype=prefix.mask.dtype, device=prefix.mask.device)
+    mask = torch.cat([prefix.mask, ones], dim=1)  # (B, Lp + M [+ S])
+    pos = prefix.lengths[:, None] + torch.arange(n, device=inputs.device)[None]  # (B, M [+ S])
     out = model(inputs, mask, pos, prefix.cache())
     return out, mask
 
@@ -82,38 +102,54 @@ def shift_update(model: KavaModel, h_bot: torch.Tensor, h_slots: torch.Tensor) -
 
 
 # 3. Jacobi latents -----------------------------------------------------------------------
-def jacobi_latents(model: KavaModel, prefix: Prefix, num_latents: int, num_iterations: int) -> Latents:
+def jacobi_latents(
+    model: KavaModel, prefix: Prefix, num_latents: int, num_iterations: int, suffix: torch.Tensor | None = None
+) -> Latents:
     """Init pass on `<latent>` placeholders, then T parallel update passes. With T >= M
-    this equals sequential continuous CoT (each iteration fixes one more slot)."""
-    b = prefix.mask.shape[0]
-    x = model.latent_placeholders(b, num_latents).to(prefix.last_hidden.dtype)  # (B, M, D)
-    out, mask = slot_pass(model, prefix, x)  # init pass
-    for _ in range(num_iterations):
-        x = shift_update(model, prefix.last_hidden, out.hidden)  # (B, M, D)
-        out, mask = slot_pass(model, prefix, x)
+    this equals sequential continuous CoT (each iteration fixes one more slot). The init
+    pass is skipped when prefill already ran it; a `suffix` rides in the last pass."""
+    b, m = prefix.mask.shape[0], num_latents
+    passes = 0
+    if prefix.init_hidden is not None and num_iterations > 0:
+        assert prefix.init_hidden.shape[1] == m, "prefill ran a different number of init slots"
+        hidden = prefix.init_hidden
+    else:
+        x = model.latent_placeholders(b, m).to(prefix.last_hidden.dtype)  # (B, M, D)
+        out, mask = slot_pass(model, prefix, x, suffix if num_iterations == 0 else None)  # init pass
+        hidden, passes = out.hidden[:, :m], 1
+    for i in range(num_iterations):
+        x = shift_update(model, prefix.last_hidden, hidden)  # (B, M, D)
+        out, mask = slot_pass(model, prefix, x, suffix if i == num_iterations - 1 else None)
+        hidden, passes = out.hidden[:, :m], passes + 1
     return Latents(
         cache=out.cache,
         mask=mask,
-        lengths=prefix.lengths + num_latents,
+        lengths=mask.sum(-1) if suffix is not None else prefix.lengths + m,
         inputs=x,
-        hidden=out.hidden,
-        passes=1 + num_iterations,
+        hidden=hidden,
+        passes=passes,
+        suffix_logits=out.logits[:, -1] if suffix is not None else None,
     )
 
 
 # 4. Sequential latents (CODI / Coconut) --------------------------------------------------
-def sequential_latents(model: KavaModel, prefix: Prefix, num_latents: int) -> Latents:
-    """One latent per forward pass: z_1 = prj(h(<bot>)), z_{j+1} = prj(h(z_j))."""
+def sequential_latents(
+    model: KavaModel, prefix: Prefix, num_latents: int, suffix: torch.Tensor | None = None
+) -> Latents:
+    """One latent per forward pass: z_1 = prj(h(<bot>)), z_{j+1} = prj(h(z_j)); a `suffix`
+    rides in the last pass."""
     cache, mask, lengths = prefix.cache(), prefix.mask, prefix.lengths
     h = prefix.last_hidden  # (B, D)
     inputs, hiddens = [], []
-    for _ in range(num_latents):
+    for j in range(num_latents):
         z = model.project(h)[:, None]  # (B, 1, D)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, L + 1)
-        out = model(z, mask, lengths[:, None], cache)
-        cache, lengths, h = out.cache, lengths + 1, out.hidden[:, -1]
+        x = z if suffix is None or j < num_latents - 1 else torch.cat([z, suffix.to(z.dtype)], dim=1)
+        n = x.shape[1]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], n))], dim=1)  # (B, L + n)
+        out = model(x, mask, lengths[:, None] + torch.arange(n, device=x.device)[None], cache)
+        cache, lengths, h = out.cache, lengths + n, out.hidden[:, 0]
         inputs.append(z)
-        hiddens.append(out.hidden)
+        hiddens.append(out.hidden[:, :1])
     return Latents(
         cache=cache,
         mask=mask,
@@ -121,12 +157,19 @@ def sequential_latents(model: KavaModel, prefix: Prefix, num_latents: int) -> La
         inputs=torch.cat(inputs, 1),
         hidden=torch.cat(hiddens, 1),
         passes=num_latents,
+        suffix_logits=out.logits[:, -1] if suffix is not None else None,
     )
 
 
 def run_latents(
-    model: KavaModel, prefix: Prefix, *, num_latents: int, num_iterations: int, sequential: bool
+    model: KavaModel,
+    prefix: Prefix,
+    *,
+    num_latents: int,
+    num_iterations: int,
+    sequential: bool,
+    suffix: torch.Tensor | None = None,
 ) -> Latents:
     if sequential:
-        return sequential_latents(model, prefix, num_latents)
-    return jacobi_latents(model, prefix, num_latents, num_iterations)
+        return sequential_latents(model, prefix, num_latents, suffix)
+    return jacobi_latents(model, prefix, num_latents, num_iterations, suffix)

@@ -7,8 +7,8 @@ share series). Names, suffixes and bucket lists follow vLLM.
 Definitions:
 - TTFT (`kava_time_to_first_token_seconds`) runs from the request's arrival at the server
   (the first ASGI byte, stamped by `server.middleware`) to the moment the first answer
-  token's logits exist: queue wait + prefill + (latent mode) init pass, T Jacobi iterations
-  and the `<eot> P` pass. In cot mode the first token is the first token of the chain.
+  token's logits exist: queue wait + prefill (latent mode: with the init pass) and the T Jacobi
+  iterations (the last one carries `<eot> P`). In cot mode the first token is the first token of the chain.
   Batch phases are timed by `solve_batch` (device-synchronised on CUDA).
 - E2E runs from the same arrival to the response body being ready to send.
 - Queue / prefill / latent / decode histograms: each request observes its batch's phase

@@ -131,7 +131,7 @@ def test_solve_latent_with_latents(sdk, adapter_dir):
     assert r.id == sdk.last_id and r.model_extra == {}
     assert (r.mode, r.adapter) == ("latent", "tiny")
     assert r.usage.latent_tokens == 3 and r.usage.generated_tokens >= 1
-    assert r.usage.forward_passes == 1 + 1 + 3 + 1 + r.usage.generated_tokens - 1  # prefill, init, T, <eot> P, rest
+    assert r.usage.forward_passes == 1 + 3 + r.usage.generated_tokens - 1  # prefill + init, T (+ <eot> P), rest
     assert r.latents is not None and len(r.latents) == 3 and all(len(slot) == 1 for slot in r.latents)
     assert r.kv_cache_bytes > 0 and r.timings_ms.total >= r.timings_ms.latent > 0
     alone = solve_batch(load_adapter(adapter_dir), [QUESTIONS[0]], max_new_tokens=6).results[0]

@@ -7,8 +7,8 @@ import torch
 from tiny import EXAMPLES, make_model
 
 from kava.generate import solve_batch
-from kava.latent import jacobi_latents, prefill, sequential_latents
-from kava.prompts import encode_prefixes
+from kava.latent import jacobi_latents, prefill, run_latents, sequential_latents
+from kava.prompts import encode_prefixes, prompt_ids
 
 QUESTIONS = [e.question for e in EXAMPLES]
 
@@ -44,6 +44,36 @@ def test_jacobi_with_t_lt_m_differs_from_sequential(tiny_bases):
     torch.testing.assert_close(jac.inputs[:, 0], seq.inputs[:, 0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("sequential,t", [(False, 0), (False, 1), (False, 3), (True, 0)])
+def test_fused_passes_equal_separate_passes(tiny_bases, family, sequential, t):
+    """Init pass inside prefill and `<eot> P` inside the last latent pass (what inference
+    runs) give the same latents, cache and first-answer logits as separate passes."""
+    model = make_model(tiny_bases[family])
+    m = model.config.num_latents
+    batch = encode_prefixes(model.tokenizer, QUESTIONS, model.ids, with_bot=True)
+    ids = torch.tensor([[model.ids.eot] + prompt_ids(model.tokenizer, model.config)])
+    suffix = model.embed(ids).expand(len(QUESTIONS), -1, -1)
+    kw = dict(num_latents=m, num_iterations=t, sequential=sequential)
+    with torch.no_grad():
+        pre = prefill(model, batch)
+        sep = run_latents(model, pre, **kw)
+        s = ids.shape[1]
+        mask = torch.cat([sep.mask, sep.mask.new_ones((len(QUESTIONS), s))], 1)
+        out = model(suffix, mask, sep.lengths[:, None] + torch.arange(s)[None], sep.cache)
+        fused_pre = prefill(model, batch, init_slots=0 if sequential else m)
+        fused = run_latents(model, fused_pre, **kw, suffix=suffix)
+    assert fused_pre.kv[0][0].shape == pre.kv[0][0].shape  # only the prompt's KV is kept
+    torch.testing.assert_close(fused_pre.last_hidden, pre.last_hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fused.inputs, sep.inputs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fused.suffix_logits, out.logits[:, -1], atol=1e-4, rtol=1e-4)
+    assert torch.equal(fused.mask, mask) and torch.equal(fused.lengths, sep.lengths + s)
+    for a, b in zip(fused.cache.layers, out.cache.layers):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-4)
+    saved = 0 if sequential or t == 0 else 1
+    assert fused.passes == sep.passes - saved
+
+
 def test_left_padded_latents_equal_single_rows(tiny_bases, family):
     model = make_model(tiny_bases[family])
     batch, batch_k = _latents(model, QUESTIONS, t=2)
@@ -74,11 +104,11 @@ def test_counts_and_per_row_limits(tiny_bases):
     first, second = out.results
     assert first.generated_tokens == 1 and first.finish_reason in ("length", "stop")
     assert second.generated_tokens <= 6
-    # prefill + init + T iterations + the `<eot> P` pass, then one pass per fed-back token
-    assert first.forward_passes == 1 + (1 + t) + 1
-    assert second.forward_passes == 1 + (1 + t) + 1 + (second.generated_tokens - 1)
+    # prefill (+ init) + T iterations (the last carries `<eot> P`), then one pass per fed-back token
+    assert first.forward_passes == 1 + t
+    assert second.forward_passes == 1 + t + (second.generated_tokens - 1)
     assert first.latent_tokens == m and len(first.latent_nearest_tokens) == m
-    assert out.stats.passes["latent"] == 1 + t + 1
+    assert out.stats.passes["latent"] == t
     assert out.stats.peak_kv_bytes >= first.kv_cache_bytes + second.kv_cache_bytes
 
 

@@ -25,8 +25,8 @@ def test_solve_round_trip(runner, tiny_model):
             assert set(body["timings_ms"]) == {"queue", "prefill", "latent", "decode", "total"}
             m, t = tiny_model.config.num_latents, tiny_model.config.num_iterations
             assert body["usage"]["latent_tokens"] == m
-            # 1 prefill + 1 init + T iterations + <eot> P pass + one pass per fed-back token
-            assert body["usage"]["forward_passes"] == 1 + 1 + t + 1 + body["usage"]["generated_tokens"] - 1
+            # prefill (+ init) + T iterations (the last carries <eot> P) + one pass per fed-back token
+            assert body["usage"]["forward_passes"] == 1 + t + body["usage"]["generated_tokens"] - 1
             assert body["kv_cache_bytes"] > 0
             alone = solve_batch(tiny_model, [QUESTIONS[0]], max_new_tokens=6).results[0]
             assert (body["text"], body["answer"]) == (alone.text, alone.answer)
@@ -46,7 +46,7 @@ def test_solve_round_trip(runner, tiny_model):
             assert body["text"] == want
 
             r = await client.post("/v1/solve", json={"question": QUESTIONS[2], "num_iterations": 0})
-            assert r.status_code == 200 and r.json()["usage"]["forward_passes"] == 1 + 1 + 0 + 1 + 5
+            assert r.status_code == 200 and r.json()["usage"]["forward_passes"] == 1 + 1 + 5  # T = 0: prefill, init + <eot> P
 
     run(scenario())
 

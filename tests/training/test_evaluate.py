@@ -48,7 +48,7 @@ def test_accuracy_is_one_for_a_model_that_answers_right(tiny_bases):
         assert evaluate(model, wrong, mode=mode, max_new_tokens=1, progress=False)["accuracy"] == 0.0
     latent = evaluate(model, right, mode="latent", max_new_tokens=1, progress=False)
     assert latent["latent_tokens_per_question"] == model.config.num_latents
-    assert latent["forward_passes_per_question"] == 1 + 1 + model.config.num_iterations + 1
+    assert latent["forward_passes_per_question"] == 1 + model.config.num_iterations
 
 
 def test_kava_eval_cli_json(tiny_bases, tmp_path, capsys):
