@@ -46,7 +46,9 @@ def test_solve_round_trip(runner, tiny_model):
             assert body["text"] == want
 
             r = await client.post("/v1/solve", json={"question": QUESTIONS[2], "num_iterations": 0})
-            assert r.status_code == 200 and r.json()["usage"]["forward_passes"] == 1 + 1 + 5  # T = 0: prefill, init + <eot> P
+            assert (
+                r.status_code == 200 and r.json()["usage"]["forward_passes"] == 1 + 1 + 5
+            )  # T = 0: prefill, init + <eot> P
 
     run(scenario())
 
