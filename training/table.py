@@ -3,8 +3,9 @@
 For each trace style (equation-only, natural language) it trains no-CoT, CoT teacher,
 CODI-style sequential latents, PCCoT (no KV loss), KaVa and KaVa with crop eviction on
 the same budget (the tiny recipe), evaluates each on the held-out split, and writes
-`table.json` + `table.md`. Runs go `--jobs` at a time (one thread each); each run
-resumes from its checkpoint and a finished run is never redone.
+`table.json` + `table.md` from every finished cell of that budget in `--work` (so a later
+`--seeds 3` or `--methods` run adds to the table). Runs go `--jobs` at a time (one thread
+each); each run resumes from its checkpoint and a finished run is never redone.
 """
 
 from __future__ import annotations
@@ -103,24 +104,27 @@ def _spawn(name: str, style: str, seed: int, work: Path, steps: int, n_eval: int
 
 
 def render(results: list[dict[str, Any]]) -> str:
+    """Markdown: accuracy per method and trace style (mean ± std over seeds, with the seed
+    count when cells differ), then the KaVa adapter's cost in both modes."""
     by: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         by.setdefault((r["name"], r["style"]), []).append(r)
-    seeds = max(len(v) for v in by.values())
-    lines = [f"| method | {' | '.join(STYLES.values())} |", "|---|" + "---|" * len(STYLES)]
+    styles = [s for s in STYLES if any(style == s for _, style in by)]
+    counts = {len(v) for v in by.values()}
+    lines = [f"| method | {' | '.join(STYLES[s] for s in styles)} |", "|---|" + "---|" * len(styles)]
     for name, (label, _, mode) in METHODS.items():
         cells = []
-        for style in STYLES:
+        for style in styles:
             accs = [100 * r[mode]["accuracy"] for r in by.get((name, style), [])]
             if not accs:
                 cells.append("–")
-            elif len(accs) == 1:
-                cells.append(f"{accs[0]:.1f}")
-            else:
-                cells.append(f"{statistics.mean(accs):.1f} ± {statistics.stdev(accs):.1f}")
+                continue
+            cell = f"{accs[0]:.1f}" if len(accs) == 1 else f"{statistics.mean(accs):.1f} ± {statistics.stdev(accs):.1f}"
+            cells.append(cell if len(counts) == 1 else f"{cell} ({len(accs)} seed{'s' * (len(accs) > 1)})")
         lines.append(f"| {label} | {' | '.join(cells)} |")
     lines.append("")
-    lines.append(f"Held-out accuracy (%), {seeds} seed(s) per cell.")
+    seeds = f"{counts.pop()} seed(s) per cell" if len(counts) == 1 else "seeds per cell in brackets"
+    lines.append(f"Held-out accuracy (%), {seeds}.")
     lines.append("")
     lines.append(
         "| KaVa adapter, same questions | style | forward passes / q | generated tokens / q | ms / q (batch 50) |"
@@ -162,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         (m, s, seed) for seed in range(args.seeds) for s in args.styles.split(",") for m in args.methods.split(",")
     ]
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda c: _spawn(*c, args.work, args.steps, args.eval), cells))
+        list(pool.map(lambda c: _spawn(*c, args.work, args.steps, args.eval), cells))
+    # every finished cell of this budget in the work dir, so later seeds or methods join earlier ones
+    results = [json.loads(f.read_text()) for f in sorted(args.work.glob("*/result.json"))]
+    results = [r for r in results if r["steps"] == args.steps]
     table = render(results)
     (args.work / "table.json").write_text(json.dumps(results, indent=2))
     (args.work / "table.md").write_text(table + "\n")
