@@ -124,7 +124,7 @@ def jacobi_latents(
     return Latents(
         cache=out.cache,
         mask=mask,
-        lengths=mask.sum(-1) if suffix is not None else prefix.lengths + m,
+        lengths=mask.sum(-1),  # real tokens: prefix + M slots (+ suffix)
         inputs=x,
         hidden=hidden,
         passes=passes,
