@@ -6,19 +6,26 @@ An adapter directory holds
   kava_config.json                                  method config, LoRA settings, base model id,
                                                     special token ids, shapes, format version
   tokenizer files                                   the tokenizer with the method tokens
-Loading checks everything it can before touching the base model and reports every
-problem at once; `.bin`/pickle files are refused, not read.
+`read_manifest` checks all of it without loading a tensor (JSON shapes and types, every
+safetensors header against its file size, the file set) and returns one typed
+`AdapterManifest`, or raises `AdapterError` listing every problem at once, each naming its
+file. Loading takes the manifest and reads each weight file once. `.bin`/pickle files are
+refused, not read. `find_adapter_dir` confines a path to configured root directories
+(symlinks resolved) for callers that take paths from untrusted input.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from kava.backbone import (
@@ -39,16 +46,55 @@ KAVA_CONFIG = "kava_config.json"
 KAVA_WEIGHTS = "kava_weights.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+MAX_JSON_BYTES = 4 << 20  # a config file larger than this is not one
+MAX_DIR_ENTRIES = 1000  # find_adapter_dir inspects at most this many entries
 
 
 class AdapterError(ValueError):
-    """An adapter directory is unusable; `problems` lists every reason."""
+    """An adapter directory is unusable; `problems` lists every reason, each naming its file."""
 
     def __init__(self, path: Path, problems: list[str]):
         self.path, self.problems = path, problems
         super().__init__(f"adapter {path} is invalid ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
 
 
+@dataclass(frozen=True)
+class AdapterManifest:
+    """What `kava_config.json` records, typed and checked, plus where the directory is."""
+
+    path: Path
+    base_model: str
+    method: MethodConfig
+    lora: LoraSettings | None
+    special_tokens: dict[str, int]  # "<bot>" / "<eot>" / "<latent>" -> token id
+    vocab_size: int
+    hidden_size: int
+    eos_token_id: int | None = None
+    model_type: str | None = None
+    dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `kava_config.json` form."""
+        return {
+            "format_version": self.format_version,
+            "base_model": self.base_model,
+            "method": self.method.to_dict(),
+            "lora": self.lora.to_dict() if self.lora is not None else None,
+            "special_tokens": dict(self.special_tokens),
+            "eos_token_id": self.eos_token_id,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "model_type": self.model_type,
+            "dtype": self.dtype,
+            "extra": dict(self.extra),
+        }
+
+
+# Writing ------------------------------------------------------------------------------------
 def _kava_state(model: KavaModel) -> dict[str, torch.Tensor]:
     state = {"special_rows": model.special_rows.detach()}
     for k, v in model.projection.state_dict().items():
@@ -66,106 +112,284 @@ def save_adapter(model: KavaModel, path: str | Path, *, extra: dict[str, Any] | 
     save_file(_kava_state(model), str(path / KAVA_WEIGHTS), metadata={"format": "pt"})
     model.tokenizer.save_pretrained(str(path))
     cache_cfg = model.lm.get_base_model().config if lora_on else model.lm.config
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "base_model": model.base_model_id,
-        "method": model.config.to_dict(),
-        "lora": model.lora.to_dict() if (model.lora is not None and lora_on) else None,
-        "special_tokens": dict(zip(SPECIAL_TOKENS, (model.ids.bot, model.ids.eot, model.ids.latent))),
-        "eos_token_id": model.ids.eos,
-        "vocab_size": model.input_embeddings.weight.shape[0],
-        "hidden_size": model.hidden_size,
-        "model_type": getattr(cache_cfg, "model_type", None),
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "extra": extra or {},
-    }
-    (path / KAVA_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    manifest = AdapterManifest(
+        path=path,
+        base_model=model.base_model_id,
+        method=model.config,
+        lora=model.lora if (model.lora is not None and lora_on) else None,
+        special_tokens=dict(zip(SPECIAL_TOKENS, (model.ids.bot, model.ids.eot, model.ids.latent))),
+        vocab_size=model.input_embeddings.weight.shape[0],
+        hidden_size=model.hidden_size,
+        eos_token_id=model.ids.eos,
+        model_type=getattr(cache_cfg, "model_type", None),
+        dtype=str(model.dtype).removeprefix("torch."),
+        extra=extra or {},
+    )
+    (path / KAVA_CONFIG).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return path
 
 
-def read_adapter_config(path: str | Path) -> dict[str, Any]:
-    """Parse and validate `kava_config.json` and the file set; raises AdapterError with all problems."""
+# Reading and checking -----------------------------------------------------------------------
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+UNREADABLE = object()  # what _read_json returns when it appended a problem
+
+
+def _read_json(file: Path, problems: list[str]) -> Any:
+    """The parsed JSON of `file`, or UNREADABLE with the reason appended (named by file name only)."""
+    name = file.name
+    try:
+        size = file.stat().st_size
+        if size > MAX_JSON_BYTES:
+            problems.append(f"{name} is {size} bytes; a config file is at most {MAX_JSON_BYTES} bytes")
+            return UNREADABLE
+        raw = file.read_bytes()
+    except OSError as e:
+        problems.append(f"{name} cannot be read: {e.strerror or type(e).__name__}")
+        return UNREADABLE
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        problems.append(f"{name} is not UTF-8 text: byte {raw[e.start]:#04x} at offset {e.start}")
+        return UNREADABLE
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        problems.append(f"{name} is not valid JSON: {e}")
+        return UNREADABLE
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Whether the header parses and covers the file exactly (a truncated file does not); no tensor is read."""
+    try:
+        with safe_open(str(file), framework="pt"):
+            return None
+    except (SafetensorError, OSError) as e:
+        return f"{file.name} is unreadable (truncated or not a safetensors file): {e}"
+
+
+def _int(value: object, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _manifest_fields(meta: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Typed fields of a parsed `kava_config.json` object; every problem is appended."""
+    out: dict[str, Any] = {}
+
+    def bad(message: str) -> None:
+        problems.append(f"{KAVA_CONFIG}: {message}")
+
+    for key in ("base_model", "method", "special_tokens", "vocab_size", "hidden_size"):
+        if key not in meta:
+            problems.append(f"{KAVA_CONFIG} lacks field {key!r}")
+    v = meta.get("format_version")
+    if v != FORMAT_VERSION or isinstance(v, bool):
+        bad(f"format_version={v!r}: this kava reads version {FORMAT_VERSION}")
+    if "base_model" in meta:
+        base = meta["base_model"]
+        if isinstance(base, str) and base.strip():
+            out["base_model"] = base
+        else:
+            bad(f"base_model must be a non-empty string (a hub id or a directory), got {_kind(base)}")
+    if "method" in meta:
+        method = meta["method"]
+        if not isinstance(method, dict):
+            bad(f"method must be an object of MethodConfig fields, got {_kind(method)}")
+        else:
+            try:
+                out["method"] = MethodConfig.from_dict(method)
+            except (ConfigError, TypeError) as e:
+                bad(f"method: {e}")
+    lora = meta.get("lora")
+    if lora is None:
+        out["lora"] = None
+    elif not isinstance(lora, dict):
+        bad(f"lora must be an object of LoraSettings fields or null, got {_kind(lora)}")
+    else:
+        try:
+            out["lora"] = LoraSettings.from_dict(lora)
+        except (ConfigError, TypeError) as e:
+            bad(f"lora: {e}")
+    if "special_tokens" in meta:
+        special = meta["special_tokens"]
+        if (
+            isinstance(special, dict)
+            and set(special) == set(SPECIAL_TOKENS)
+            and all(_int(special[t]) for t in SPECIAL_TOKENS)
+        ):
+            out["special_tokens"] = {t: special[t] for t in SPECIAL_TOKENS}
+        else:
+            bad(f"special_tokens must map each of {list(SPECIAL_TOKENS)} to a token id, got {_kind(special)}")
+    for key in ("vocab_size", "hidden_size"):
+        if key in meta:
+            if _int(meta[key], 1):
+                out[key] = meta[key]
+            else:
+                bad(f"{key} must be an integer >= 1, got {meta[key]!r}"[:200])
+    eos = meta.get("eos_token_id")
+    if eos is None or _int(eos):
+        out["eos_token_id"] = eos
+    else:
+        bad(f"eos_token_id must be a token id or null, got {_kind(eos)}")
+    for key in ("model_type", "dtype"):
+        value = meta.get(key)
+        if value is None or isinstance(value, str):
+            out[key] = value
+        else:
+            bad(f"{key} must be a string or null, got {_kind(value)}")
+    extra = meta.get("extra", {})
+    if isinstance(extra, dict):
+        out["extra"] = extra
+    else:
+        bad(f"extra must be an object, got {_kind(extra)}")
+    return out
+
+
+def _check_peft_config(path: Path, problems: list[str]) -> None:
+    file = path / PEFT_CONFIG
+    if not file.is_file():
+        problems.append(f"{PEFT_CONFIG} is missing (the LoRA settings)")
+        return
+    cfg = _read_json(file, problems)
+    if cfg is UNREADABLE:
+        return
+    if not isinstance(cfg, dict):
+        problems.append(f"{PEFT_CONFIG} must hold a JSON object, got {_kind(cfg)}")
+    elif cfg.get("peft_type") != "LORA" or not _int(cfg.get("r"), 1):
+        problems.append(f"{PEFT_CONFIG} is not a peft LoRA config (needs peft_type 'LORA' and an integer r >= 1)")
+
+
+def read_manifest(path: str | Path) -> AdapterManifest:
+    """Check the adapter directory `path` without loading a tensor; raises AdapterError with
+    every problem, each naming its file (by name, never by full path)."""
     path = Path(path)
-    problems: list[str] = []
     if not path.is_dir():
         raise AdapterError(path, [f"{path} is not a directory"])
+    problems: list[str] = []
     for name in sorted(p.name for p in path.iterdir()):
-        if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")):
+        if name.endswith(PICKLE_SUFFIXES):
             problems.append(f"{name}: pickle-based weights are refused; re-save as safetensors")
-    meta: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
     cfg_file = path / KAVA_CONFIG
     if not cfg_file.is_file():
         problems.append(f"{KAVA_CONFIG} is missing")
     else:
-        try:
-            meta = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            problems.append(f"{KAVA_CONFIG} is not valid JSON: {e}")
-    if meta:
-        v = meta.get("format_version")
-        if v != FORMAT_VERSION:
-            problems.append(f"format_version={v!r}: this kava reads version {FORMAT_VERSION}")
-        for key in ("base_model", "method", "special_tokens", "vocab_size", "hidden_size"):
-            if key not in meta:
-                problems.append(f"{KAVA_CONFIG} lacks field {key!r}")
-        try:
-            meta["method_config"] = MethodConfig.from_dict(meta.get("method") or {})
-        except (ConfigError, TypeError) as e:
-            problems.append(f"method: {e}")
-        try:
-            meta["lora_settings"] = LoraSettings.from_dict(meta["lora"]) if meta.get("lora") else None
-        except (ConfigError, TypeError) as e:
-            problems.append(f"lora: {e}")
-    if meta.get("lora"):
-        for name in (PEFT_CONFIG, PEFT_WEIGHTS):
-            if not (path / name).is_file():
-                problems.append(f"{name} is missing (the LoRA weights)")
+        meta = _read_json(cfg_file, problems)
+        if isinstance(meta, dict):
+            fields = _manifest_fields(meta, problems)
+        elif meta is not UNREADABLE:
+            problems.append(f"{KAVA_CONFIG} must hold a JSON object, got {_kind(meta)}")
+    if fields.get("lora") is not None:
+        _check_peft_config(path, problems)
+        if not (path / PEFT_WEIGHTS).is_file():
+            problems.append(f"{PEFT_WEIGHTS} is missing (the LoRA weights)")
+        elif problem := _safetensors_problem(path / PEFT_WEIGHTS):
+            problems.append(problem)
     if not (path / KAVA_WEIGHTS).is_file():
         problems.append(f"{KAVA_WEIGHTS} is missing")
-    else:
-        try:
-            meta["kava_state"] = load_file(str(path / KAVA_WEIGHTS))
-        except (SafetensorError, OSError) as e:
-            problems.append(f"{KAVA_WEIGHTS} is unreadable: {e}")
-    if not any((path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+    elif problem := _safetensors_problem(path / KAVA_WEIGHTS):
+        problems.append(problem)
+    if not any((path / n).is_file() for n in TOKENIZER_FILES):
         problems.append("tokenizer files are missing (tokenizer.json / tokenizer_config.json)")
     if problems:
         raise AdapterError(path, problems)
-    return meta
+    return AdapterManifest(path=path, **fields)
 
 
-def _check_against_model(meta: dict[str, Any], tokenizer, lm, problems: list[str]) -> None:
-    ids = TokenIds.from_tokenizer(tokenizer)
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    """The checked `kava_config.json` of `path` as a plain dict (`read_manifest(path).to_dict()`)."""
+    return read_manifest(path).to_dict()
+
+
+def find_adapter_dir(path: str | Path, roots: Sequence[str | Path]) -> Path | None:
+    """The directory `path` names, resolved, if it lies inside one of `roots` and so does
+    everything in it (symlinks followed, `..` resolved; a relative `path` is taken relative
+    to each root in turn). None for any reason — missing, outside, not a directory,
+    unreadable — so a caller can give one answer that tells nothing about the file system."""
+    for root in roots:
+        try:
+            base = Path(root).resolve(strict=True)
+            target = (base / path).resolve(strict=True)
+            if target.is_dir() and target.is_relative_to(base) and _all_inside(target, base):
+                return target
+        except (OSError, ValueError, RuntimeError):  # missing, NUL byte, symlink loop, permissions
+            continue
+    return None
+
+
+def _all_inside(directory: Path, base: Path) -> bool:
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+        for name in dirnames + filenames:
+            seen += 1
+            if seen > MAX_DIR_ENTRIES or not Path(dirpath, name).resolve(strict=True).is_relative_to(base):
+                return False
+    return True
+
+
+# Loading ------------------------------------------------------------------------------------
+def _manifest(source: str | Path | AdapterManifest) -> AdapterManifest:
+    return source if isinstance(source, AdapterManifest) else read_manifest(source)
+
+
+def _read_kava_state(manifest: AdapterManifest) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(manifest.path / KAVA_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(manifest.path, [f"{KAVA_WEIGHTS} is unreadable: {e}"]) from e
+
+
+def _read_tokenizer(manifest: AdapterManifest):
+    try:
+        return load_tokenizer(manifest.path)
+    except Exception as e:  # the tokenizer loaders raise many types on a bad file
+        raise AdapterError(manifest.path, [f"tokenizer files cannot be loaded: {type(e).__name__}: {e}"]) from e
+
+
+def _check_against_model(
+    manifest: AdapterManifest, state: dict[str, torch.Tensor], tokenizer, lm, problems: list[str]
+) -> None:
+    try:
+        ids = TokenIds.from_tokenizer(tokenizer)
+    except ValueError as e:
+        problems.append(f"tokenizer files: {e}")
+        return
     got = dict(zip(SPECIAL_TOKENS, (ids.bot, ids.eot, ids.latent)))
-    if got != meta["special_tokens"]:
-        problems.append(f"special token ids {got} differ from the recorded {meta['special_tokens']}")
-    if meta.get("eos_token_id") is not None and meta["eos_token_id"] != ids.eos:
-        problems.append(f"eos_token_id {ids.eos} differs from the recorded {meta['eos_token_id']}")
+    if got != manifest.special_tokens:
+        problems.append(f"special token ids {got} differ from the recorded {manifest.special_tokens}")
+    if manifest.eos_token_id is not None and manifest.eos_token_id != ids.eos:
+        problems.append(f"eos_token_id {ids.eos} differs from the recorded {manifest.eos_token_id}")
     vocab, dim = lm.get_input_embeddings().weight.shape
-    if vocab != meta["vocab_size"]:
-        problems.append(f"vocab_size: base+tokenizer give {vocab}, adapter was trained with {meta['vocab_size']}")
-    if dim != meta["hidden_size"]:
+    if vocab != manifest.vocab_size:
+        problems.append(f"vocab_size: base+tokenizer give {vocab}, adapter was trained with {manifest.vocab_size}")
+    if dim != manifest.hidden_size:
         problems.append(
-            f"hidden_size: base model has {dim}, adapter expects {meta['hidden_size']} "
-            f"(wrong base model? adapter was trained on {meta['base_model']!r})"
+            f"hidden_size: base model has {dim}, adapter expects {manifest.hidden_size} "
+            f"(wrong base model? adapter was trained on {manifest.base_model!r})"
         )
-    state = meta["kava_state"]
     rows = state.get("special_rows")
-    if rows is None or tuple(rows.shape) != (3, meta["hidden_size"]):
+    if rows is None or tuple(rows.shape) != (3, manifest.hidden_size):
         problems.append(
-            f"{KAVA_WEIGHTS}: special_rows should be (3, {meta['hidden_size']}), "
+            f"{KAVA_WEIGHTS}: special_rows should be (3, {manifest.hidden_size}), "
             f"got {None if rows is None else tuple(rows.shape)}"
         )
     has_prj = any(k.startswith("projection.") for k in state)
-    if has_prj != meta["method_config"].use_projection:
+    if has_prj != manifest.method.use_projection:
         problems.append(
             f"{KAVA_WEIGHTS}: projection weights {'present' if has_prj else 'absent'} but "
-            f"use_projection={meta['method_config'].use_projection}"
+            f"use_projection={manifest.method.use_projection}"
         )
 
 
 def load_adapter(
-    path: str | Path,
+    path: str | Path | AdapterManifest,
     *,
     base_model: str | Path | None = None,
     device: str | torch.device | None = None,
@@ -173,31 +397,36 @@ def load_adapter(
     attn_implementation: str = "sdpa",
     trainable: bool = False,
 ) -> KavaModel:
-    """Base model + adapter -> KavaModel. `base_model` overrides the recorded id (e.g. a
-    local copy of the hub model). Raises AdapterError naming every problem."""
+    """Base model + adapter -> KavaModel. `path` is the adapter directory or its manifest;
+    `base_model` overrides the recorded id (e.g. a local copy of the hub model). Raises
+    AdapterError naming every problem."""
     from peft import PeftModel
 
-    path = Path(path)
-    meta = read_adapter_config(path)
+    manifest = _manifest(path)
+    path = manifest.path
+    state = _read_kava_state(manifest)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    base = str(base_model or meta["base_model"])
-    tok = load_tokenizer(path)
+    base = str(base_model or manifest.base_model)
+    tok = _read_tokenizer(manifest)
     try:
         lm = load_base_model(base, dtype=dt, device=dev, attn_implementation=attn_implementation)
     except (OSError, ValueError) as e:
         raise AdapterError(path, [f"base model {base!r} cannot be loaded: {e}"]) from e
     _resize_with_mean_rows(lm, len(tok))
     problems: list[str] = []
-    _check_against_model(meta, tok, lm, problems)
+    _check_against_model(manifest, state, tok, lm, problems)
     if problems:
         raise AdapterError(path, problems)
     for p in lm.parameters():
         p.requires_grad_(False)
-    if meta["lora_settings"] is not None:
-        lm = PeftModel.from_pretrained(lm, str(path), is_trainable=trainable)
-    model = KavaModel(lm, tok, meta["method_config"], meta["base_model"], meta["lora_settings"])
-    _load_kava_state(model, meta, path)
+    if manifest.lora is not None:
+        try:
+            lm = PeftModel.from_pretrained(lm, str(path), is_trainable=trainable)
+        except Exception as e:  # peft raises many types on a bad file
+            raise AdapterError(path, [f"{PEFT_WEIGHTS} cannot be loaded by peft: {type(e).__name__}: {e}"]) from e
+    model = KavaModel(lm, tok, manifest.method, manifest.base_model, manifest.lora)
+    _load_kava_state(model, state, path)
     model.special_rows.requires_grad_(trainable)
     for p in model.projection.parameters():
         p.requires_grad_(trainable)
@@ -205,8 +434,8 @@ def load_adapter(
     return model
 
 
-def _load_kava_state(model: KavaModel, meta: dict[str, Any], path: Path) -> None:
-    state = {k: v.to(device=model.device, dtype=model.dtype) for k, v in meta["kava_state"].items()}
+def _load_kava_state(model: KavaModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    state = {k: v.to(device=model.device, dtype=model.dtype) for k, v in state.items()}
     with torch.no_grad():
         model.special_rows.copy_(state.pop("special_rows"))
         prj = {k.removeprefix("projection."): v for k, v in state.items()}
@@ -215,26 +444,36 @@ def _load_kava_state(model: KavaModel, meta: dict[str, Any], path: Path) -> None
             raise AdapterError(path, [f"{KAVA_WEIGHTS}: projection keys missing {missing}, unexpected {unexpected}"])
 
 
-def attach_adapter(model: KavaModel, path: str | Path, name: str) -> KavaModel:
+def attach_adapter(model: KavaModel, path: str | Path | AdapterManifest, name: str) -> KavaModel:
     """Load another adapter onto the base already held by `model` (peft multi-adapter):
     the returned KavaModel shares the base weights and owns its own LoRA weights,
     projection, special rows and method config. Call `.activate()` before using it
-    (`solve_batch` does)."""
-    path = Path(path)
-    meta = read_adapter_config(path)
+    (`solve_batch` does). A failure leaves `model` as it was."""
+    manifest = _manifest(path)
+    path = manifest.path
+    state = _read_kava_state(manifest)
+    tok = _read_tokenizer(manifest)
     problems: list[str] = []
-    tok = load_tokenizer(path)
-    _check_against_model(meta, tok, model.lm, problems)
-    if meta["lora_settings"] is None or not hasattr(model.lm, "load_adapter"):
+    _check_against_model(manifest, state, tok, model.lm, problems)
+    if manifest.lora is None or not hasattr(model.lm, "load_adapter"):
         problems.append("attaching needs LoRA adapters on both sides (a peft-wrapped base)")
     if name in getattr(model.lm, "peft_config", {}):
         problems.append(f"adapter name {name!r} is already loaded")
     if problems:
         raise AdapterError(path, problems)
-    model.lm.load_adapter(str(path), adapter_name=name, is_trainable=False)
-    other = KavaModel(model.lm, tok, meta["method_config"], meta["base_model"], meta["lora_settings"])
-    other.adapter_name = name
-    _load_kava_state(other, meta, path)
+    try:
+        model.lm.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        other = KavaModel(model.lm, tok, manifest.method, manifest.base_model, manifest.lora)
+        other.adapter_name = name
+        _load_kava_state(other, state, path)
+    except Exception as e:  # peft and torch raise many types on a bad file; undo the half-load
+        if name in getattr(model.lm, "peft_config", {}):
+            if model.lm.active_adapter == name:
+                model.lm.set_adapter(model.adapter_name)
+            model.lm.delete_adapter(name)
+        if isinstance(e, AdapterError):
+            raise
+        raise AdapterError(path, [f"{PEFT_WEIGHTS} cannot be loaded by peft: {type(e).__name__}: {e}"]) from e
     other.eval()
     return other
 

@@ -16,12 +16,14 @@ Eviction = Literal["rkv", "importance", "redundancy", "crop"]
 DistillLoss = Literal["smooth_l1", "l1", "mse"]
 KVLoss = Literal["smooth_l1", "mse"]
 KeySpace = Literal["post_rope", "pre_rope"]
+Mode = Literal["latent", "cot"]  # inference: latent reasoning, or the same adapter writing its CoT
 
 OBJECTIVES: tuple[str, ...] = ("kava", "pccot", "codi", "cot", "nocot")
 EVICTIONS: tuple[str, ...] = ("rkv", "importance", "redundancy", "crop")
 DISTILL_LOSSES: tuple[str, ...] = ("smooth_l1", "l1", "mse")
 KV_LOSSES: tuple[str, ...] = ("smooth_l1", "mse")
 KEY_SPACES: tuple[str, ...] = ("post_rope", "pre_rope")
+MODES: tuple[str, ...] = ("latent", "cot")
 
 
 class ConfigError(ValueError):

@@ -1,14 +1,26 @@
-"""Adapters on disk: exact round trip, every problem reported at once, multi-adapter."""
+"""Adapters on disk: exact round trip, every problem reported at once (malformed files named,
+never a crash), the typed manifest, multi-adapter, and confinement of paths to root directories."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from tiny import EXAMPLES, make_model
 
-from kava.adapters import AdapterError, attach_adapter, detach_adapter, load_adapter, save_adapter
+from kava.adapters import (
+    AdapterError,
+    attach_adapter,
+    detach_adapter,
+    find_adapter_dir,
+    load_adapter,
+    read_adapter_config,
+    read_manifest,
+    save_adapter,
+)
+from kava.config import MethodConfig
 from kava.generate import solve_batch
 from kava.latent import prefill, run_latents
 from kava.prompts import encode_prefixes
@@ -114,3 +126,114 @@ def test_attach_two_adapters_on_one_base(tiny_bases, tmp_path):
     assert "b" not in first.lm.peft_config
     with pytest.raises(AdapterError, match="already loaded"):
         attach_adapter(first, tmp_path / "a", "default")
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_bases, tmp_path_factory):
+    return save_adapter(make_model(tiny_bases["llama"], seed=4), tmp_path_factory.mktemp("saved") / "a")
+
+
+def _copy(src, dst):
+    import shutil
+
+    return Path(shutil.copytree(src, dst))
+
+
+def test_the_manifest_is_typed_and_round_trips(saved):
+    m = read_manifest(saved)
+    assert isinstance(m.method, MethodConfig) and m.method.num_latents == 3
+    assert m.lora is not None and m.lora.r == 4
+    assert set(m.special_tokens) == {"<bot>", "<eot>", "<latent>"}
+    assert m.to_dict() == json.loads((saved / "kava_config.json").read_text())
+    assert read_adapter_config(saved)["base_model"] == m.base_model
+    # load_adapter takes the manifest as well as the path
+    assert load_adapter(m).config == m.method
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"[1]", "kava_config.json must hold a JSON object, got a list"),
+        (b"null", "kava_config.json must hold a JSON object, got null"),
+        (b'"x"', "kava_config.json must hold a JSON object, got a string"),
+        (b"\xff\xfe{}", "kava_config.json is not UTF-8 text: byte 0xff at offset 0"),
+        (b'{"format_version": 1', "kava_config.json is not valid JSON"),
+        (b"{}", "kava_config.json lacks field 'base_model'"),
+        (
+            b'{"format_version": 1, "base_model": 3, "method": [], "special_tokens": {}, "vocab_size": "9",'
+            b' "hidden_size": true, "lora": 5}',
+            "kava_config.json: base_model must be a non-empty string",
+        ),
+    ],
+)
+def test_a_malformed_config_is_an_adapter_error_naming_the_file(saved, tmp_path, content, needle):
+    path = _copy(saved, tmp_path / "a")
+    (path / "kava_config.json").write_bytes(content)
+    with pytest.raises(AdapterError) as err:
+        read_manifest(path)
+    assert any(needle in p for p in err.value.problems), err.value.problems
+    assert all(str(tmp_path) not in p for p in err.value.problems)  # file names, not full paths
+
+
+def test_every_field_of_a_wrong_config_is_named(saved, tmp_path):
+    path = _copy(saved, tmp_path / "a")
+    meta = {"format_version": 1, "base_model": 3, "method": [], "special_tokens": {}, "vocab_size": "9"}
+    meta |= {"hidden_size": True, "lora": 5}
+    (path / "kava_config.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterError) as err:
+        read_manifest(path)
+    text = "\n".join(err.value.problems)
+    for needle in ("base_model", "method must be an object", "special_tokens", "vocab_size", "hidden_size", "lora"):
+        assert needle in text, text
+
+
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "kava_weights.safetensors"])
+def test_a_truncated_weight_file_is_named_before_anything_loads(saved, tmp_path, name):
+    path = _copy(saved, tmp_path / "a")
+    data = (path / name).read_bytes()
+    (path / name).write_bytes(data[: len(data) - 100])
+    with pytest.raises(AdapterError) as err:
+        read_manifest(path)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{name} is unreadable (truncated")
+
+
+def test_a_malformed_peft_config_is_named(saved, tmp_path):
+    path = _copy(saved, tmp_path / "a")
+    (path / "adapter_config.json").write_text("{}")
+    with pytest.raises(AdapterError, match="adapter_config.json is not a peft LoRA config"):
+        read_manifest(path)
+
+
+def test_a_failed_attach_leaves_the_base_as_it_was(tiny_bases, saved, tmp_path):
+    first = load_adapter(saved)
+    path = _copy(saved, tmp_path / "b")
+    # a header that parses, with tensors of the wrong shapes: peft fails mid-load
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(path / "adapter_model.safetensors"))
+    save_file({k: torch.zeros(1, 1) for k in weights}, str(path / "adapter_model.safetensors"))
+    before = set(first.lm.peft_config)
+    with pytest.raises(AdapterError, match="adapter_model.safetensors cannot be loaded by peft"):
+        attach_adapter(first, path, "b")
+    assert set(first.lm.peft_config) == before
+    solve_batch(first, QUESTIONS[:1], max_new_tokens=2)  # still serves
+
+
+def test_find_adapter_dir_confines_paths_to_the_roots(saved, tmp_path):
+    root = tmp_path / "root"
+    inside = _copy(saved, root / "good")
+    outside = _copy(saved, tmp_path / "outside")
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    leaky = _copy(saved, root / "leaky")
+    (leaky / "tokenizer.json").unlink()
+    (leaky / "tokenizer.json").symlink_to(outside / "tokenizer.json")
+    (root / "alias").symlink_to(inside, target_is_directory=True)
+    roots = [tmp_path / "other-root", root]
+    assert find_adapter_dir(inside, roots) == inside.resolve()
+    assert find_adapter_dir("good", roots) == inside.resolve()  # relative to a root
+    assert find_adapter_dir("alias", roots) == inside.resolve()  # a symlink that stays inside
+    for bad in (outside, "escape", "leaky", "../outside", root / "good" / ".." / ".." / "outside", "missing",
+                "good/kava_config.json", "a\x00b", "/etc"):  # fmt: skip
+        assert find_adapter_dir(bad, roots) is None, bad
+    assert find_adapter_dir(inside, []) is None
