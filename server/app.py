@@ -25,6 +25,8 @@ from server.engine import Engine
 from server.errors import OUTCOME_BY_STATUS, install
 from server.metrics import MODES, Metrics
 from server.middleware import RequestIdMiddleware
+from server.openai_routes import OPENAI_SOLVE_PATHS
+from server.openai_routes import router as openai_api
 from server.routes import SOLVE_PATH, api, probes
 from server.runner import ModelRunner, Runner
 from server.settings import Settings, redact
@@ -62,7 +64,7 @@ class ServerContext:
         await asyncio.to_thread(self.engine.stop, 5.0 if drained else 0.1)
 
     def count_error(self, request: Request, status: int, mode: object) -> None:
-        if request.url.path == SOLVE_PATH:
+        if request.url.path in (SOLVE_PATH, *OPENAI_SOLVE_PATHS):
             label = mode if mode in MODES else "unknown"
             self.metrics.record_outcome(OUTCOME_BY_STATUS.get(status, "error"), label)
 
@@ -114,6 +116,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.kava = ctx
     install(app, ctx.count_error)
     app.include_router(api)
+    app.include_router(openai_api)
     app.include_router(probes)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,10 +1,11 @@
 """HTTP handlers: thin translations between the wire formats and the engine.
 
-`/v1/*` (solve, models, adapters) needs the API key when one is set; `/health`, `/ready`
-and `/metrics` never do (probes and Prometheus). The solve handler admits (draining, not
-ready, queue bound) before anything is tokenised, waits for the engine's answer without
-blocking the event loop, and drops the job when the client disconnects or the deadline
-passes. Does not own the engine, the metrics or the error envelope.
+`/v1/*` (solve, adapters, and `server.openai_routes`) needs the API key when one is set;
+`/health`, `/ready` and `/metrics` never do (probes and Prometheus). `solve_job`, which
+`/v1/solve` and the OpenAI-compatible routes share, admits (draining, not ready, queue bound)
+before anything is tokenised, waits for the engine's answer without blocking the event loop,
+and drops the job when the client disconnects or the deadline passes. Does not own the
+engine, the metrics or the error envelope.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from server.runner import AdapterConflict, AdapterNotLoaded
 from server.schemas import (
     AdapterCard,
     AdapterDeleted,
+    AdapterList,
     AdapterLoadRequest,
     ErrorEnvelope,
     HealthResponse,
-    ModelsResponse,
     SolveRequest,
     SolveResponse,
     Timings,
@@ -110,7 +111,7 @@ def _engine_error(exc: BaseException, request_id: str) -> ApiError:
     return ApiError(500, "engine_error", f"{reason} (request id {request_id}): {exc}")
 
 
-def _job(body: SolveRequest, info: AdapterInfo, settings: Settings, request: Request, done: Done) -> Job:
+def _job(body: SolveRequest, info: AdapterInfo, settings: Settings, request: Request, done: Done, **extra) -> Job:
     latent = body.mode == "latent"
     iterations = body.num_iterations if body.num_iterations is not None else info.num_iterations
     return Job(
@@ -121,10 +122,11 @@ def _job(body: SolveRequest, info: AdapterInfo, settings: Settings, request: Req
         return_latents=body.return_latents,
         arrival=request.state.arrival,
         done=done,
+        **extra,
     )
 
 
-def _response(job: Job, body: SolveRequest, jr: JobResult) -> SolveResponse:
+def solve_response(job: Job, body: SolveRequest, jr: JobResult) -> SolveResponse:
     res = jr.result
     extra = {}
     if body.return_latents:
@@ -154,8 +156,10 @@ def _response(job: Job, body: SolveRequest, jr: JobResult) -> SolveResponse:
     )
 
 
-@api.post("/solve", response_model=SolveResponse, response_model_exclude_unset=True)
-async def solve(body: SolveRequest, request: Request) -> SolveResponse:
+async def solve_job(body: SolveRequest, request: Request, **job_fields) -> tuple[Job, JobResult]:
+    """Admit, check, queue and await one question: what every answering route runs
+    (`/v1/solve` and the OpenAI-compatible ones). Raises ApiError; counts the outcome.
+    `job_fields` go to the `Job` as they are (e.g. a per-token hook)."""
     ctx = _ctx(request)
     settings, engine = ctx.settings, ctx.engine
     request.state.mode = body.mode
@@ -172,7 +176,7 @@ async def solve(body: SolveRequest, request: Request) -> SolveResponse:
     # 3. queue it, and wait without blocking the loop
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
-    job = _job(body, info, settings, request, partial(_hand_back, loop, fut))
+    job = _job(body, info, settings, request, partial(_hand_back, loop, fut), **job_fields)
     try:
         engine.submit(job)
     except QueueFull as exc:
@@ -184,25 +188,30 @@ async def solve(body: SolveRequest, request: Request) -> SolveResponse:
     except asyncio.CancelledError:
         ctx.metrics.record_outcome("cancelled", body.mode)
         raise
-    response = _response(job, body, jr)
     ctx.metrics.record_outcome("ok", body.mode)
     ctx.metrics.record_e2e(body.mode, info.name, time.perf_counter() - job.arrival)
-    return response
+    return job, jr
 
 
-# /v1/models and /v1/adapters ---------------------------------------------------------------
+@api.post("/solve", response_model=SolveResponse, response_model_exclude_unset=True)
+async def solve(body: SolveRequest, request: Request) -> SolveResponse:
+    job, jr = await solve_job(body, request)
+    return solve_response(job, body, jr)
+
+
+# /v1/adapters (the OpenAI-shaped /v1/models is in server.openai_routes) ----------------------
 def _card(info: AdapterInfo, engine: Engine) -> AdapterCard:
     return AdapterCard(**vars(info), default=info.name == engine.default_adapter)
 
 
-@api.get("/models", response_model=ModelsResponse)
-async def models(request: Request) -> ModelsResponse:
+@api.get("/adapters", response_model=AdapterList)
+async def adapters(request: Request) -> AdapterList:
     engine = _ctx(request).engine
     default = engine.adapter(engine.default_adapter or "")
     if default is None:
         raise unavailable("unavailable_error", "the model is not loaded yet", _ctx(request).settings.retry_after_s)
     cards = [_card(a, engine) for a in engine.adapters()]
-    return ModelsResponse(base_model=default.base_model, default_adapter=default.name, adapters=cards)
+    return AdapterList(base_model=default.base_model, default_adapter=default.name, adapters=cards)
 
 
 async def _on_engine(request: Request, fn):

@@ -109,7 +109,9 @@ class AdapterCard(BaseModel):
     default: bool
 
 
-class ModelsResponse(BaseModel):
+class AdapterList(BaseModel):
+    """`GET /v1/adapters`: the base model, the default adapter and every loaded one with M, T."""
+
     base_model: str
     default_adapter: str
     adapters: list[AdapterCard]

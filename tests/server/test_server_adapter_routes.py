@@ -17,7 +17,7 @@ def test_load_solve_unload(runner, tiny_model, other_adapter_dir, tmp_path):
     async def scenario():
         async with client_for(app_over(runner)) as client:
             loaded = await client.post("/v1/adapters", json={"name": "other", "path": str(other_adapter_dir)})
-            models = (await client.get("/v1/models")).json()
+            models = (await client.get("/v1/adapters")).json()
             with_other = await client.post("/v1/solve", json={"question": q, "adapter": "other"})
             with_default = await client.post("/v1/solve", json={"question": q})
             again = await client.post("/v1/adapters", json={"name": "other", "path": str(other_adapter_dir)})
@@ -26,7 +26,7 @@ def test_load_solve_unload(runner, tiny_model, other_adapter_dir, tmp_path):
             unloaded = await client.delete("/v1/adapters/other")
             after = await client.post("/v1/solve", json={"question": q, "adapter": "other"})
             twice = await client.delete("/v1/adapters/other")
-            names = [a["name"] for a in (await client.get("/v1/models")).json()["adapters"]]
+            names = [a["name"] for a in (await client.get("/v1/adapters")).json()["adapters"]]
         return loaded, models, with_other, with_default, again, bad_path, owner, unloaded, after, twice, names
 
     loaded, models, with_other, with_default, again, bad_path, owner, unloaded, after, twice, names = run(scenario())

@@ -72,10 +72,10 @@ def test_concurrent_requests_are_batched_and_match_solving_alone(runner, tiny_mo
     run(scenario())
 
 
-def test_models_lists_the_loaded_adapters(runner, tiny_model):
+def test_adapters_lists_the_loaded_adapters(runner, tiny_model):
     async def scenario():
         async with client_for(app_over(runner)) as client:
-            return (await client.get("/v1/models")).json()
+            return (await client.get("/v1/adapters")).json()
 
     body = run(scenario())
     assert body["default_adapter"] == "tiny" and body["base_model"] == tiny_model.base_model_id
