@@ -88,7 +88,7 @@ class Client(BaseClient):
 
     def models(self, *, timeout: TimeoutTypes | None = None, request_id: str | None = None) -> ModelsResponse:
         """The base model and the adapters loaded, with their M, T, dtype and device."""
-        return self._request("GET", "/v1/models", ModelsResponse, timeout=timeout, request_id=request_id)
+        return self._request("GET", "/v1/adapters", ModelsResponse, timeout=timeout, request_id=request_id)
 
     def health(self, *, timeout: TimeoutTypes | None = None) -> bool:
         """Liveness: True on 200; False on 5xx or when the server cannot be reached. Never retried."""

@@ -90,7 +90,7 @@ class BaseModelInfo(_Response):
 
 
 class ModelsResponse(_Response):
-    """Answer to `GET /v1/models`: the base model and the adapters loaded on it."""
+    """Answer to `GET /v1/adapters`: the base model and the adapters loaded on it."""
 
     base_model: BaseModelInfo | None = Field(default=None, validation_alias=AliasChoices("base_model", "base", "model"))
     default_adapter: str | None = None  # what a solve without `adapter=` uses

@@ -369,7 +369,7 @@ def _success_schema(spec: Schema, path: str, method: str) -> Schema:
     ("path", "method", "model"),
     [
         ("/v1/solve", "post", kava_client.SolveResponse),
-        ("/v1/models", "get", kava_client.ModelsResponse),
+        ("/v1/adapters", "get", kava_client.ModelsResponse),
         ("/v1/adapters", "post", kava_client.AdapterInfo),
     ],
 )
