@@ -56,6 +56,7 @@ class RequestRecord:
     latent_tokens: int
     generated_tokens: int
     kv_cache_bytes: int
+    forward_passes: int = 0  # passes this request took part in (its solve result's forward_passes); 0 = not counted
 
 
 @dataclass(frozen=True)
