@@ -1,0 +1,68 @@
+"""End-to-end fixtures, shared by every test here (one server and one Prometheus per session,
+started only when a test asks for them): `kava serve` in its own process over a tiny adapter,
+and a real Prometheus scraping it with the compose stack's own scrape config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+from e2e_harness import PROMETHEUS, PROMTOOL, ROOT, SERVER_START_S, free_port, start, stop, tail, wait_for
+from tiny import make_model
+
+from kava.adapters import save_adapter
+
+
+@pytest.fixture(scope="session")
+def kava_server(tiny_bases, tmp_path_factory) -> Iterator[str]:
+    """`kava serve` over a tiny adapter on a free loopback port, started the way a person
+    starts it (`python -m kava_cli.main serve --adapter tiny=PATH`); yields its base URL."""
+    root = tmp_path_factory.mktemp("e2e-kava")
+    adapter = save_adapter(make_model(tiny_bases["llama"], seed=1), root / "tiny")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAVA_")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "kava_cli.main", "serve", "--adapter", f"tiny={adapter}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    log = root / "kava-serve.log"
+    proc = start(cmd, log, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("kava serve /ready", lambda: httpx.get(f"{url}/ready").status_code == 200, SERVER_START_S, proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def prometheus(kava_server, tmp_path_factory) -> Iterator[str]:
+    """Prometheus scraping `kava_server` every second with the compose stack's job
+    (`deploy/prometheus/prometheus.yml`, target and interval replaced); yields its URL."""
+    root = tmp_path_factory.mktemp("e2e-prometheus")
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    (job,) = config["scrape_configs"]
+    job.update(scrape_interval="1s", scrape_timeout="1s")
+    job["static_configs"][0]["targets"] = [kava_server.removeprefix("http://")]
+    config_file = root / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    checked = subprocess.run([PROMTOOL, "check", "config", str(config_file)], capture_output=True, text=True)
+    assert checked.returncode == 0, f"promtool check config:\n{checked.stdout}{checked.stderr}"
+    port = free_port()
+    cmd = [PROMETHEUS, f"--config.file={config_file}", f"--storage.tsdb.path={root / 'data'}"]
+    cmd += [f"--web.listen-address=127.0.0.1:{port}"]
+    log = root / "prometheus.log"
+    proc = start(cmd, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("prometheus /-/ready", lambda: httpx.get(f"{url}/-/ready").status_code == 200, 30, proc, log)
+        yield url
+    finally:
+        stop(proc)
+        if proc.returncode not in (0, -15):
+            print(f"prometheus exited with {proc.returncode}:\n{tail(log)}")
