@@ -1,52 +1,73 @@
 """`kava serve`: run the inference server under uvicorn, with a draining shutdown.
 
-Flags map one-to-one onto `server.settings.Settings` fields; a flag that is not given
-leaves the field to its `KAVA_*` variable or default. With no adapter it serves the
-built-in model, or exits with how to build it. The first SIGTERM (or Ctrl+C) drains:
-/ready and new requests turn 503 + Retry-After while queued and running requests finish
-(at most `drain_timeout_s`), then uvicorn closes and the process exits 0. A second
-signal exits at once.
+Flags are generated from `server.settings.Settings`, one per field (`max_batch_size` ->
+`--max-batch-size`, a tuple field is a repeatable singular flag, a bool has `--x/--no-x`),
+with the field's description, default, bounds and variable as help; a flag that is not given
+leaves the field to its `KAVA_*` variable or default. Only the settings are imported before
+the arguments are parsed (no torch), so `kava serve --help` answers at once. With no adapter
+it serves the built-in model, or exits with how to build it. Every adapter directory is
+checked (`kava.adapters.read_manifest`) before the model loads, so a malformed file stops
+start-up with its name and problem. The first SIGTERM drains (see `server.draining`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
+import typing
 from collections.abc import Sequence
-from types import FrameType
+from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-from kava.adapters import AdapterError, read_adapter_config
-from server.app import ServerContext, create_app
 from server.settings import AdapterSpec, BuiltinMissing, Settings
 
 log = logging.getLogger(__name__)
 
+# a tuple field's flag is singular and repeatable: --adapter a=/x --adapter b=/y
+SINGULAR = {"adapters": "adapter", "adapter_roots": "adapter-root"}
+METAVARS = {"adapters": "NAME=PATH", "adapter_roots": "DIR", "api_key": "KEY", "admin_api_key": "KEY"}
+
+
+def _bounds(info: FieldInfo) -> str:
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    found = [f"{words[k]} {getattr(m, k)}" for m in info.metadata for k in words if hasattr(m, k)]
+    return ", ".join(found)
+
+
+def _flag_help(name: str, info: FieldInfo) -> str:
+    parts = [info.description or name.replace("_", " ")]
+    bounds = _bounds(info)
+    if bounds:
+        parts.append(f"[{bounds}]")
+    default = info.default
+    if isinstance(default, bool):
+        parts.append(f"(default {'on' if default else 'off'})")
+    elif default not in (None, (), ""):
+        parts.append(f"(default {default})")
+    return " ".join(parts) + f"; env KAVA_{name.upper()}"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--adapter", dest="adapters", action="append", metavar="NAME=PATH",
-        help="adapter to serve (repeatable; the first is the default). Default: the built-in model")  # fmt: skip
-    add("--base-model", help="base model id or directory, overriding the one the adapter records")
-    add("--device", help="auto (default), cpu, cuda, cuda:N")
-    add("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    add("--host", help="interface to listen on (default 127.0.0.1)")
-    add("--port", type=int, help="port (default 8000)")
-    add("--max-batch-size", type=int, help="requests per batch at most (default 32)")
-    add("--max-wait-ms", type=float, help="how long the oldest request waits for a fuller batch (default 10)")
-    add("--max-queue-size", type=int, help="waiting requests before 503 (default 256)")
-    add("--request-timeout-s", type=float, help="deadline per request before 504 (default 120)")
-    add("--drain-timeout-s", type=float, help="grace period for queued work on SIGTERM (default 60)")
-    add("--max-question-chars", type=int, help="longest question accepted (default 2000)")
-    add("--max-new-tokens-limit", type=int, help="largest max_new_tokens a request may ask (default 1024)")
-    add("--max-num-iterations", type=int, help="largest num_iterations (T) a request may ask (default 32)")
-    add("--api-key", help="require this key on /v1/* (prefer the KAVA_API_KEY variable)")
-    add("--no-warmup", dest="warmup", action="store_const", const=False, help="skip the warm-up solve")
-    add("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    """One flag per Settings field; values stay strings for Settings to validate (one set of
+    messages for flags and variables alike)."""
+    for name, info in Settings.model_fields.items():
+        annotation = info.annotation
+        args = typing.get_args(annotation)
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _flag_help(name, info)}
+        if name in METAVARS:
+            kwargs["metavar"] = METAVARS[name]
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(annotation) is tuple:
+            kwargs["action"] = "append"
+        elif typing.get_origin(annotation) is typing.Literal:
+            kwargs["choices"] = list(args)
+        elif annotation in (int, float):
+            kwargs["type"] = annotation
+            kwargs.setdefault("metavar", "N" if annotation is int else "X")
+        parser.add_argument("--" + SINGULAR.get(name, name.replace("_", "-")), **kwargs)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -54,42 +75,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
-class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose first exit signal drains the engine before closing."""
-
-    def __init__(self, config: uvicorn.Config, ctx: ServerContext):
-        super().__init__(config)
-        self.ctx = ctx
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._drain: asyncio.Task | None = None
-        self._signalled = False
-
-    async def serve(self, sockets=None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._signalled or self._loop is None or not self.started:
-            super().handle_exit(sig, frame)  # second signal, or still starting: exit now
-            return
-        self._signalled = True
-        log.info("%s received: draining before exit (again to exit at once)", signal.Signals(sig).name)
-        self._loop.call_soon_threadsafe(self._begin_drain)
-
-    def _begin_drain(self) -> None:
-        self._drain = asyncio.ensure_future(self._drain_then_exit())
-
-    async def _drain_then_exit(self) -> None:
-        await self.ctx.drain()
-        self.should_exit = True
-
-
 def _check_adapters(adapters: Sequence[AdapterSpec]) -> list[str]:
-    """Every adapter directory's problems, before anything is loaded."""
+    """Every adapter directory's problems, before anything is loaded (no tensor is read)."""
+    from kava.adapters import AdapterError, read_manifest
+
     problems = []
     for spec in adapters:
         try:
-            read_adapter_config(spec.path)
+            read_manifest(spec.path)
         except AdapterError as exc:
             problems.append(f"{spec.name}: {exc}")
     return problems
@@ -108,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         log.error("cannot serve:\n%s", "\n".join(problems))
         return 2
+    import uvicorn
+
+    from server.app import create_app
+    from server.draining import DrainingServer
+
     app = create_app(settings)
     config = uvicorn.Config(
         app,
