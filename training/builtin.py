@@ -24,35 +24,45 @@ from training.trainer import OptimSettings
 log = logging.getLogger(__name__)
 
 NUM_TRAIN = 40_000
+BASE_SHAPE = BackboneShape()
 SUMMARY_FILES = ("SHA256SUMS", "regression.json")
 BASE_SETTINGS = OptimSettings(
     lr=2e-3, weight_decay=0.1, warmup_ratio=0.05, max_steps=900, batch_size=64, grad_clip=1.0, save_every=50
 )
 
 
-def build_base(work: Path, stop_after: int | None = None) -> bool:
-    if (BUILTIN_BASE / "config.json").is_file():
-        log.info("base already built at %s", BUILTIN_BASE)
+def build_base(
+    work: Path,
+    stop_after: int | None = None,
+    *,
+    dest: Path = BUILTIN_BASE,
+    shape: BackboneShape = BASE_SHAPE,
+    settings: OptimSettings = BASE_SETTINGS,
+    num_train: int = NUM_TRAIN,
+) -> bool:
+    """Stage 1 into `dest`; True once it is there (False: stopped early, resume later)."""
+    if (dest / "config.json").is_file():
+        log.info("base already built at %s", dest)
         return True
     t0 = time.perf_counter()
     done = pretrain_backbone(
-        mixed_styles(),
+        mixed_styles(num_train),
         work / "base",
-        shape=BackboneShape(),
-        settings=BASE_SETTINGS,
+        shape=shape,
+        settings=settings,
         work_dir=work / "base.work",
         stop_after=stop_after,
     )
     if done is None:
         return False
-    shutil.copytree(done, BUILTIN_BASE, dirs_exist_ok=True)
-    log.info("base built in %.1f min -> %s", (time.perf_counter() - t0) / 60, BUILTIN_BASE)
+    shutil.copytree(done, dest, dirs_exist_ok=True)
+    log.info("base built in %.1f min -> %s", (time.perf_counter() - t0) / 60, dest)
     return True
 
 
-def finalize(n_probe: int = 500, n_keep: int = 8) -> None:
+def finalize(n_probe: int = 500, n_keep: int = 8, *, root: Path = BUILTIN_DIR) -> None:
     """Record what the regression test checks: every shipped file's SHA-256, and held-out
-    questions the built-in adapter answers correctly in latent mode."""
+    questions the built-in adapter (`root/adapter`) answers correctly in latent mode."""
     import hashlib
     import json
 
@@ -61,11 +71,11 @@ def finalize(n_probe: int = 500, n_keep: int = 8) -> None:
     from training.data.task import held_out
 
     sums = []
-    for path in sorted(p for p in BUILTIN_DIR.rglob("*") if p.is_file() and p.name not in SUMMARY_FILES):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in SUMMARY_FILES):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        sums.append(f"{digest}  {path.relative_to(BUILTIN_DIR)}")
-    (BUILTIN_DIR / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-    model = load_adapter(BUILTIN_ADAPTER, device="cpu", dtype="float32")
+        sums.append(f"{digest}  {path.relative_to(root)}")
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    model = load_adapter(root / "adapter", device="cpu", dtype="float32")
     probe = held_out("equation", n_probe)
     out = solve_batch(model, [e.question for e in probe], max_new_tokens=16).results
     keep = [(e, r) for e, r in zip(probe, out) if r.answer == e.answer][:n_keep]
@@ -76,7 +86,7 @@ def finalize(n_probe: int = 500, n_keep: int = 8) -> None:
         "texts": [r.text for _, r in keep],
         "probe_accuracy": sum(r.answer == e.answer for e, r in zip(probe, out)) / len(probe),
     }
-    (BUILTIN_DIR / "regression.json").write_text(json.dumps(record, indent=2) + "\n")
+    (root / "regression.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("recorded %d files' hashes and %d regression questions", len(sums), len(keep))
 
 
