@@ -16,6 +16,7 @@ Eviction = Literal["rkv", "importance", "redundancy", "crop"]
 DistillLoss = Literal["smooth_l1", "l1", "mse"]
 KVLoss = Literal["smooth_l1", "mse"]
 KeySpace = Literal["post_rope", "pre_rope"]
+KVReduction = Literal["mean", "sum"]
 Mode = Literal["latent", "cot"]  # inference: latent reasoning, or the same adapter writing its CoT
 
 OBJECTIVES: tuple[str, ...] = ("kava", "pccot", "codi", "cot", "nocot")
@@ -23,6 +24,7 @@ EVICTIONS: tuple[str, ...] = ("rkv", "importance", "redundancy", "crop")
 DISTILL_LOSSES: tuple[str, ...] = ("smooth_l1", "l1", "mse")
 KV_LOSSES: tuple[str, ...] = ("smooth_l1", "mse")
 KEY_SPACES: tuple[str, ...] = ("post_rope", "pre_rope")
+KV_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
 MODES: tuple[str, ...] = ("latent", "cot")
 
 
@@ -70,6 +72,7 @@ class MethodConfig:
     eviction: Eviction = "rkv"
     eviction_lambda: float = 0.1
     kv_key_space: KeySpace = "post_rope"
+    kv_reduction: KVReduction = "mean"  # "sum" is the paper's formula; its alpha_2 must be retuned (METHOD.md §4)
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -97,6 +100,8 @@ class MethodConfig:
         _check(p, self.eviction in EVICTIONS, f"eviction={self.eviction!r}: must be one of {EVICTIONS}")
         lam = self.eviction_lambda
         _check(p, isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0, f"eviction_lambda={lam!r}: must be in [0, 1]")
+        red = self.kv_reduction
+        _check(p, red in KV_REDUCTIONS, f"kv_reduction={red!r}: must be one of {KV_REDUCTIONS}")
         _check(p, self.kv_key_space in KEY_SPACES, f"kv_key_space={self.kv_key_space!r}: must be one of {KEY_SPACES}")
         if p:
             raise ConfigError("invalid MethodConfig: " + "; ".join(p))

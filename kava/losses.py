@@ -8,7 +8,7 @@ server runs (`kava.latent`). Does not own optimisation, data or logging.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ class LossOutput:
     teacher_ce: torch.Tensor
     codi: torch.Tensor
     kv: torch.Tensor
+    weighted: dict[str, torch.Tensor] = field(default_factory=dict)  # each term x its weight, with grad
 
     def items(self) -> dict[str, float]:
         return {k: float(getattr(self, k).detach()) for k in ("total", "student_ce", "teacher_ce", "codi", "kv")}
@@ -72,15 +73,20 @@ def kv_loss(
     *,
     kind: str = "smooth_l1",
     layerwise_std: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """(1/2)(D(K_s, sg K_t) + D(V_s, sg V_t)) over layers, heads, valid slots and head dims.
+    """(1/2)(D(K_s, sg K_t) + D(V_s, sg V_t)), reduced over layers, heads, valid slots and dims.
 
     All K/V are (B, Λ, Hkv, M, d); `slot_mask` (B, M) drops slots the teacher could not
-    fill (N_C < M). With `layerwise_std` each layer's residual is divided by that layer's
-    teacher std."""
+    fill (N_C < M). `reduction="mean"` averages every element (the default the published
+    weights fit); `"sum"` is the paper's formula: summed over layers, heads and head dims,
+    averaged over valid slots (Λ·Hkv·d times larger). With `layerwise_std` each layer's
+    residual is divided by that layer's teacher std."""
+    assert reduction in ("mean", "sum"), reduction
     fn = _ELEMENTWISE[kind]
     w = slot_mask[:, None, None, :, None].float()  # (B, 1, 1, M, 1)
-    count = (w.sum() * student_k.shape[1] * student_k.shape[2] * student_k.shape[4]).clamp_min(1.0)
+    count = w.sum() if reduction == "sum" else w.sum() * student_k.shape[1] * student_k.shape[2] * student_k.shape[4]
+    count = count.clamp_min(1.0)
 
     def one(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s, t = s.float(), t.detach().float()
@@ -159,13 +165,21 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
             )
         sk, sv = _stack_kv(student_kv, slice(None))  # (B, Λ, Hkv, M, d)
         kv = kv_loss(
-            sk, sv, comp.keys, comp.values, comp.slot_mask, kind=cfg.kv_loss, layerwise_std=cfg.kv_layerwise_std
+            sk,
+            sv,
+            comp.keys,
+            comp.values,
+            comp.slot_mask,
+            kind=cfg.kv_loss,
+            layerwise_std=cfg.kv_layerwise_std,
+            reduction=cfg.kv_reduction,
         )
 
-    total = (
-        cfg.student_ce_weight * student_ce
-        + cfg.teacher_ce_weight * teacher_ce
-        + cfg.codi_weight * codi
-        + cfg.kv_weight * kv
-    )
-    return LossOutput(total, student_ce.detach(), teacher_ce.detach(), codi.detach(), kv.detach())
+    weighted = {
+        "student_ce": cfg.student_ce_weight * student_ce,
+        "teacher_ce": cfg.teacher_ce_weight * teacher_ce,
+        "codi": cfg.codi_weight * codi,
+        "kv": cfg.kv_weight * kv,
+    }
+    total = sum(weighted.values())
+    return LossOutput(total, student_ce.detach(), teacher_ce.detach(), codi.detach(), kv.detach(), weighted)

@@ -37,6 +37,7 @@ class EvalSettings:
     max_new_tokens: int = 16  # latent mode: the answer only
     cot_max_new_tokens: int = 96
     final: bool = True  # evaluate once more when training ends
+    grad_share_every: int = 0  # every N micro-batches, log each loss term's share of the gradient norm (0 = off)
 
 
 @dataclass(frozen=True)

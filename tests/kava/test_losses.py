@@ -122,3 +122,13 @@ def test_nocot_teacher_has_no_trace(tiny_bases):
     assert not _batch(model).cot_mask.any()
     model = build_model(tiny_bases["llama"], tiny_method(objective="cot"), TINY_LORA)
     assert _batch(model).cot_mask.any()
+
+
+def test_kv_sum_reduction_is_the_mean_times_layers_heads_and_dims():
+    torch.manual_seed(0)
+    b, layers, heads, m, d = 2, 3, 2, 4, 5
+    k, v, tk, tv = (torch.randn(b, layers, heads, m, d) for _ in range(4))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    mean = kv_loss(k, v, tk, tv, mask, kind="mse")
+    total = kv_loss(k, v, tk, tv, mask, kind="mse", reduction="sum")
+    torch.testing.assert_close(total, mean * layers * heads * d)

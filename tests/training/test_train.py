@@ -125,3 +125,16 @@ def test_recipes_parse():
     assert len(recipes) >= 5
     for r in recipes:
         load_config(r)
+
+
+def test_gradient_shares_are_logged_and_sum_to_one(tiny_bases, tmp_path):
+    cfg = build_config(
+        toy_config(tmp_path, tiny_bases["llama"], optim={"max_steps": 4}, eval={"grad_share_every": 2, "final": False})
+    )
+    train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    measured = [r for r in log if "grad_share_kv" in r]
+    assert [r["step"] for r in measured] == [2, 4]
+    for r in measured:
+        shares = [r[f"grad_share_{k}"] for k in ("student_ce", "teacher_ce", "codi", "kv")]
+        assert abs(sum(shares) - 1) < 1e-6 and all(0 < s < 1 for s in shares), shares
