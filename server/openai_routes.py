@@ -185,7 +185,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             job, result = await solve_job(solve, request)
     rid = request.state.request_id
     if body.stream:
-        usage = body.stream_options is not None and body.stream_options.include_usage
+        usage = body.include_usage()
         return _sse(_chat_events(pieces, solve, f"chatcmpl-{rid}", created, body.model, usage))
     answer = solve_response(job, solve, result)
     return ChatCompletion(
@@ -229,7 +229,7 @@ async def completions(body: CompletionRequest, request: Request):
             job, result = await solve_job(solve, request)
     rid = request.state.request_id
     if body.stream:
-        usage = body.stream_options is not None and body.stream_options.include_usage
+        usage = body.include_usage()
         return _sse(_completion_events(pieces, solve, f"cmpl-{rid}", created, body.model, usage))
     answer = solve_response(job, solve, result)
     return Completion(

@@ -5,16 +5,17 @@ Requests use OpenAI's field names and turn into the one `SolveRequest` the solve
 user message (chat; system, developer and earlier messages are read and ignored — the
 adapters were trained on bare questions, with no chat template and no memory of turns).
 kava's own knobs (`mode`, `num_iterations`, `return_latents`) are extra body fields
-(`extra_body=` in the openai package). What the server cannot honour (n > 1, sampling,
-penalties, stop sequences, tools, logprobs, non-text content, ...) fails validation with a
-422 naming the field and the reason; unknown fields are refused the same way. Responses are
-OpenAI's shapes plus a `kava` object with what the answer cost. Does not own routing or
-streaming (`server.openai_routes`).
+(`extra_body=` in the openai package). The schema declares exactly what the server honours:
+a field it cannot honour (n > 1, sampling, penalties, stop sequences, tools, logprobs,
+non-text content, ...) accepts only the value that asks for nothing, and any other value is a
+422 naming the field and the reason (`UNSUPPORTED`); unknown fields are refused the same way.
+Responses are OpenAI's shapes plus a `kava` object with what the answer cost. Does not own
+routing or streaming (`server.openai_routes`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,21 +34,23 @@ FinishReason = Literal["stop", "length"]
 
 _GREEDY = "decoding is greedy (argmax: one deterministic answer)"
 _NO_TOOLS = "this server answers math questions and calls no tools"
-# field -> (is the value one this server can honour, why not). Checked only when the field is sent.
+_TEXT_ONLY = "the server returns text only"
+# field -> (the values this server honours, why others are refused). Checked on the raw value,
+# before the declared type, so the 422 explains itself; the declared types admit the same set.
 UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "n": (lambda v: v == 1, f"only n=1 is supported: {_GREEDY}, so every choice would be the same"),
     "best_of": (lambda v: v == 1, f"only best_of=1 is supported: {_GREEDY}"),
     "temperature": (lambda v: v == 0, f"only temperature=0 (or leaving it out) is supported: {_GREEDY}"),
     "presence_penalty": (lambda v: v == 0, f"penalties are not supported: {_GREEDY}; send 0 or leave it out"),
     "frequency_penalty": (lambda v: v == 0, f"penalties are not supported: {_GREEDY}; send 0 or leave it out"),
-    "logit_bias": (lambda v: not v, f"logit_bias is not supported: {_GREEDY}"),
-    "stop": (lambda v: not v, "stop sequences are not supported: the answer ends at end-of-sequence or max_tokens"),
-    "logprobs": (lambda v: not v, "logprobs are not supported: the server returns text only"),
-    "top_logprobs": (lambda v: not v, "logprobs are not supported: the server returns text only"),
-    "echo": (lambda v: not v, "echo is not supported: the response holds the completion only"),
-    "suffix": (lambda v: not v, "suffix (insertion) is not supported"),
-    "tools": (lambda v: not v, f"tools are not supported: {_NO_TOOLS}"),
-    "functions": (lambda v: not v, f"functions are not supported: {_NO_TOOLS}"),
+    "logit_bias": (lambda v: v == {}, f"logit_bias is not supported: {_GREEDY}"),
+    "stop": (lambda v: v == [], "stop sequences are not supported: the answer ends at end-of-sequence or max_tokens"),
+    "logprobs": (lambda v: v is False, f"logprobs are not supported: {_TEXT_ONLY}"),
+    "top_logprobs": (lambda v: v == 0, f"logprobs are not supported: {_TEXT_ONLY}"),
+    "echo": (lambda v: v is False, "echo is not supported: the response holds the completion only"),
+    "suffix": (lambda v: False, "suffix (insertion) is not supported"),
+    "tools": (lambda v: v == [], f"tools are not supported: {_NO_TOOLS}"),
+    "functions": (lambda v: v == [], f"functions are not supported: {_NO_TOOLS}"),
     "tool_choice": (lambda v: v == "none", f"only tool_choice='none' is supported: {_NO_TOOLS}"),
     "function_call": (lambda v: v == "none", f"only function_call='none' is supported: {_NO_TOOLS}"),
     "response_format": (
@@ -64,10 +67,20 @@ def _refuse_unsupported(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+def _unsupported(*fields: str):
+    return field_validator(*fields, mode="before")(_refuse_unsupported)
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool = Field(default=False, description="send a last chunk with usage (and no choices)")
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text"]
 
 
 class _OpenAIRequest(BaseModel):
@@ -78,7 +91,7 @@ class _OpenAIRequest(BaseModel):
     model: str = Field(min_length=1, description="adapter name, as listed by GET /v1/models")
     max_tokens: int | None = Field(default=None, ge=1, description="answer tokens to decode at most")
     stream: bool = Field(default=False, description="send the answer as server-sent events")
-    stream_options: StreamOptions | None = Field(default=None, description="only with stream: true")
+    stream_options: StreamOptions | None = Field(default=None, description="read only with stream: true")
     # kava's knobs: extra body fields
     mode: Mode = Field(default="latent", description="kava: latent, or cot = the same adapter writing its CoT")
     num_iterations: int | None = Field(default=None, ge=0, description="kava: T override (Jacobi iterations)")
@@ -87,30 +100,24 @@ class _OpenAIRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1, description="accepted; no effect (greedy decoding)")
     seed: int | None = Field(default=None, description="accepted; no effect (greedy decoding is deterministic)")
     user: str | None = Field(default=None, description="accepted and ignored")
-    # refused unless they ask for what greedy decoding does anyway (see UNSUPPORTED)
-    n: int | None = Field(default=None, ge=1, description="must be 1")
-    temperature: float | None = Field(default=None, ge=0, le=2, description="must be 0 (greedy decoding)")
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2, description="must be 0")
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, description="must be 0")
-    logit_bias: dict[str, float] | None = Field(default=None, description="must be empty")
-    stop: str | list[str] | None = Field(default=None, description="must be empty")
+    # only the value that asks for what greedy decoding does anyway (see UNSUPPORTED)
+    n: int | None = Field(default=None, ge=1, le=1, description="must be 1")
+    temperature: float | None = Field(default=None, ge=0, le=0, description="must be 0 (greedy decoding)")
+    presence_penalty: float | None = Field(default=None, ge=0, le=0, description="must be 0")
+    frequency_penalty: float | None = Field(default=None, ge=0, le=0, description="must be 0")
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=0, description="must be empty")
+    stop: list[str] | None = Field(default=None, max_length=0, description="must be empty")
 
-    _unsupported = field_validator(
-        "n", "temperature", "presence_penalty", "frequency_penalty", "logit_bias", "stop", check_fields=False
-    )(_refuse_unsupported)
-
-    @field_validator("stream_options")
-    @classmethod
-    def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
-        if value is not None and not info.data.get("stream"):
-            raise PydanticCustomError("stream_only", "stream_options is only allowed when stream is true")
-        return value
+    _refused = _unsupported("n", "temperature", "presence_penalty", "frequency_penalty", "logit_bias", "stop")
 
     def answer_limit(self) -> int | None:
         return self.max_tokens
 
     def question(self) -> str:
         raise NotImplementedError
+
+    def include_usage(self) -> bool:
+        return self.stream and self.stream_options is not None and self.stream_options.include_usage
 
     def to_solve(self) -> SolveRequest:
         """The request the solve path runs. Raises pydantic's ValidationError if the
@@ -125,11 +132,18 @@ class _OpenAIRequest(BaseModel):
         )
 
 
-def _text(content: str | list[dict[str, Any]] | None) -> str:
+class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)  # other keys (e.g. cache hints) are ignored
+
+    type: Literal["text"]
+    text: str
+
+
+def _text(content: str | list[TextPart] | None) -> str:
     """A message's text: a string, or its text parts joined by newlines."""
     if content is None or isinstance(content, str):
         return content or ""
-    return "\n".join(part["text"] for part in content)
+    return "\n".join(part.text for part in content)
 
 
 class ChatMessage(BaseModel):
@@ -137,25 +151,32 @@ class ChatMessage(BaseModel):
     # refusal, annotations, audio, ... (all null), and assistant messages are ignored anyway
     model_config = ConfigDict(extra="allow", strict=True)
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
     name: str | None = None
 
-    @field_validator("role")
+    @field_validator("role", mode="before")
     @classmethod
-    def _no_tool_turns(cls, value: str) -> str:
+    def _no_tool_turns(cls, value: Any) -> Any:
         if value in ("tool", "function"):
             raise PydanticCustomError("unsupported", f"{value} messages are not supported: {_NO_TOOLS}")
         return value
 
-    @field_validator("content")
+    @field_validator("content", mode="before")
     @classmethod
-    def _text_parts_only(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
-        for part in value if isinstance(value, list) else ():
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                got = part.get("type")
-                why = f"only text content parts ({{'type': 'text', 'text': ...}}) are supported, got {got!r}"
+    def _text_parts_only(cls, value: Any) -> Any:
+        # one clear message instead of an error per branch of the union
+        if value is None or isinstance(value, str):
+            return value
+        shape = "must be a string or a list of text parts {'type': 'text', 'text': '...'}"
+        if not isinstance(value, list):
+            raise PydanticCustomError("content", shape)
+        for part in value:
+            if isinstance(part, dict) and part.get("type") not in ("text", None):
+                why = f"only text content parts are supported, got type {part['type']!r}"
                 raise PydanticCustomError("unsupported", why)
+            if not (isinstance(part, dict) and isinstance(part.get("text"), str)):
+                raise PydanticCustomError("content", shape)
         return value
 
 
@@ -165,19 +186,21 @@ class ChatCompletionRequest(_OpenAIRequest):
         description="the last message must be the user's question; system, developer and earlier messages "
         "are ignored (the adapters were trained on bare questions)",
     )
-    max_completion_tokens: int | None = Field(default=None, ge=1, description="answer tokens to decode at most")
-    logprobs: bool | None = Field(default=None, description="must be false")
-    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="must be 0")
-    tools: list[Any] | None = Field(default=None, description="must be empty")
-    tool_choice: str | dict[str, Any] | None = Field(default=None, description="must be 'none'")
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="answer tokens to decode at most; wins over max_tokens when both are sent"
+    )
+    logprobs: Literal[False] | None = Field(default=None, description="must be false")
+    top_logprobs: int | None = Field(default=None, ge=0, le=0, description="must be 0")
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=0, description="must be empty")
+    tool_choice: Literal["none"] | None = Field(default=None, description="must be 'none'")
     parallel_tool_calls: bool | None = Field(default=None, description="accepted; no effect without tools")
-    functions: list[Any] | None = Field(default=None, description="must be empty")
-    function_call: str | dict[str, Any] | None = Field(default=None, description="must be 'none'")
-    response_format: dict[str, Any] | None = Field(default=None, description="must be {'type': 'text'}")
+    functions: list[dict[str, Any]] | None = Field(default=None, max_length=0, description="must be empty")
+    function_call: Literal["none"] | None = Field(default=None, description="must be 'none'")
+    response_format: TextFormat | None = Field(default=None, description="must be {'type': 'text'}")
 
-    _chat_unsupported = field_validator(
+    _chat_refused = _unsupported(
         "logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call", "response_format"
-    )(_refuse_unsupported)
+    )
 
     @field_validator("messages")
     @classmethod
@@ -193,14 +216,6 @@ class ChatCompletionRequest(_OpenAIRequest):
             raise PydanticCustomError("blank", "the last user message must contain more than whitespace")
         return value
 
-    @field_validator("max_completion_tokens")
-    @classmethod
-    def _one_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
-        other = info.data.get("max_tokens")
-        if value is not None and other is not None and other != value:
-            raise PydanticCustomError("conflict", f"max_tokens={other} and max_completion_tokens differ; send one")
-        return value
-
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
@@ -209,29 +224,32 @@ class ChatCompletionRequest(_OpenAIRequest):
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: str | list[str] = Field(description="the question (one string, or a list holding one string)")
-    best_of: int | None = Field(default=None, ge=1, description="must be 1")
-    echo: bool | None = Field(default=None, description="must be false")
-    logprobs: int | None = Field(default=None, ge=0, le=5, description="must be left out")
-    suffix: str | None = Field(default=None, description="must be left out")
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="the question: one string, or a list holding one string"
+    )
+    best_of: int | None = Field(default=None, ge=1, le=1, description="must be 1")
+    echo: Literal[False] | None = Field(default=None, description="must be false")
+    logprobs: None = Field(default=None, description="must be left out")
+    suffix: None = Field(default=None, description="must be left out")
 
-    _completion_unsupported = field_validator("best_of", "echo", "suffix")(_refuse_unsupported)
+    _completion_refused = _unsupported("best_of", "echo", "logprobs", "suffix")
 
-    @field_validator("logprobs")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:  # an int here: even logprobs=0 asks for the sampled token's logprob
-            raise PydanticCustomError("unsupported", UNSUPPORTED["logprobs"][1])
-        return value
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_question(cls, value: str | list[str]) -> str | list[str]:
+    def _one_question(cls, value: Any) -> Any:
         if isinstance(value, list) and len(value) != 1:
             raise PydanticCustomError(
                 "one_prompt",
                 f"send one prompt per request (got {len(value)}); concurrent requests are batched by the server",
             )
+        if not (isinstance(value, str) or (isinstance(value, list) and isinstance(value[0], str))):
+            shape = "must be a string, or a list holding one string (token ids are not read)"
+            raise PydanticCustomError("prompt", shape)
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str | list[str]) -> str | list[str]:
         if not (value if isinstance(value, str) else value[0]).strip():
             raise PydanticCustomError("blank", "must contain more than whitespace")
         return value
