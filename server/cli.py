@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 
 # a tuple field's flag is singular and repeatable: --adapter a=/x --adapter b=/y
 SINGULAR = {"adapters": "adapter", "adapter_roots": "adapter-root"}
-METAVARS = {"adapters": "NAME=PATH", "adapter_roots": "DIR", "api_key": "KEY", "admin_api_key": "KEY"}
+METAVARS = {
+    "adapters": "NAME=PATH",
+    "adapter_dir": "DIR",
+    "adapter_roots": "DIR",
+    "api_key": "KEY",
+    "admin_api_key": "KEY",
+}
 
 
 def _bounds(info: FieldInfo) -> str:

@@ -9,6 +9,8 @@ instant: the built-in model's location is looked up only when it is needed.
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,6 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 BUILTIN_NAME = "builtin"
+
+log = logging.getLogger(__name__)
 
 
 class BuiltinMissing(RuntimeError):
@@ -48,6 +52,11 @@ class Settings(BaseSettings):
         default=(),
         description="adapter to serve as NAME=PATH (repeatable; comma-separated in KAVA_ADAPTERS); the first is "
         "the default. Default: the built-in model",
+    )
+    adapter_dir: Path | None = Field(
+        default=None,
+        description="serve every adapter folder inside this directory (one holding kava_config.json) under its "
+        "folder name, after the --adapter ones. The image sets /models",
     )
     base_model: str | None = Field(default=None, description="base model id or directory, overriding the adapter's")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N")
@@ -137,6 +146,18 @@ class Settings(BaseSettings):
             raise ValueError(f"adapter roots must be existing directories; not one: {missing}")
         return value
 
+    @field_validator("adapter_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # KAVA_ADAPTER_DIR= (set but empty) means none, not "."
+
+    @field_validator("adapter_dir")
+    @classmethod
+    def _dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"the adapter directory must be an existing directory; {str(value)!r} is not one")
+        return value
+
     @field_validator("adapters")
     @classmethod
     def _unique(cls, value: tuple[AdapterSpec, ...]) -> tuple[AdapterSpec, ...]:
@@ -156,9 +177,13 @@ class Settings(BaseSettings):
         return bool(self.adapter_roots)
 
     def served_adapters(self) -> tuple[AdapterSpec, ...]:
-        """The adapters to load: the given ones, else the built-in model (if it exists)."""
-        if self.adapters:
-            return self.adapters
+        """The adapters to load: the given ones, then those found in `adapter_dir` (a given
+        name wins), else the built-in model (if it exists). The first one is the default."""
+        given = {a.name for a in self.adapters}
+        found = adapters_in(self.adapter_dir) if self.adapter_dir is not None else ()
+        adapters = self.adapters + tuple(a for a in found if a.name not in given)
+        if adapters:
+            return adapters
         from kava import builtin  # here, not at import: it loads torch
 
         if not builtin.builtin_available():
@@ -168,6 +193,24 @@ class Settings(BaseSettings):
                 "`kava serve --adapter NAME=PATH` (or KAVA_ADAPTERS=NAME=PATH)."
             )
         return (AdapterSpec(name=BUILTIN_NAME, path=builtin.BUILTIN_ADAPTER),)
+
+
+def adapters_in(directory: Path) -> tuple[AdapterSpec, ...]:
+    """Every adapter folder directly inside `directory` (one holding kava_config.json), named
+    by its folder, in name order. Other entries are not adapters and are passed over; a
+    folder whose name is not a valid adapter name is passed over with a warning."""
+    from kava.adapters import KAVA_CONFIG  # here, not at import: it loads torch
+
+    found = []
+    for path in sorted(directory.iterdir()):
+        if not (path / KAVA_CONFIG).is_file():
+            continue
+        if re.fullmatch(ADAPTER_NAME, path.name) is None:
+            log.warning("not serving %s: the folder name is not an adapter name (%s); rename it", path, ADAPTER_NAME)
+            continue
+        found.append(AdapterSpec(name=path.name, path=path))
+    log.info("adapters found in %s: %s", directory, [a.name for a in found] or "none")
+    return tuple(found)
 
 
 def redact(settings: Settings) -> dict[str, object]:
