@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 from server.schemas import Mode, SolveRequest, Timings
 
 FinishReason = Literal["stop", "length"]
+Question = Annotated[str, Field(pattern=r"\S")]  # not blank, said in the schema too
 
 _GREEDY = "decoding is greedy (argmax: one deterministic answer)"
 _NO_TOOLS = "this server answers math questions and calls no tools"
@@ -224,7 +225,7 @@ class ChatCompletionRequest(_OpenAIRequest):
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+    prompt: Question | Annotated[list[Question], Field(min_length=1, max_length=1)] = Field(
         description="the question: one string, or a list holding one string"
     )
     best_of: int | None = Field(default=None, ge=1, le=1, description="must be 1")
@@ -242,15 +243,11 @@ class CompletionRequest(_OpenAIRequest):
                 "one_prompt",
                 f"send one prompt per request (got {len(value)}); concurrent requests are batched by the server",
             )
-        if not (isinstance(value, str) or (isinstance(value, list) and isinstance(value[0], str))):
+        text = value[0] if isinstance(value, list) else value
+        if not isinstance(text, str):
             shape = "must be a string, or a list holding one string (token ids are not read)"
             raise PydanticCustomError("prompt", shape)
-        return value
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str | list[str]) -> str | list[str]:
-        if not (value if isinstance(value, str) else value[0]).strip():
+        if not text.strip():  # before the pattern below, for a message that says what is wrong
             raise PydanticCustomError("blank", "must contain more than whitespace")
         return value
 
