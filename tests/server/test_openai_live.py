@@ -24,6 +24,7 @@ from server.errors import ApiError
 QUESTION_LIMIT = 200  # max_question_chars of the live server
 MAX_TOKENS_LIMIT = 64  # max_new_tokens_limit of the live server
 API_KEY = "sk-openai-test"
+QUESTION_BODY = {"model": "tiny", "messages": [{"role": "user", "content": QUESTIONS[0]}]}
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,13 @@ def test_completions_both_modes(client, tiny_model):
     want = alone(tiny_model, QUESTIONS[4], mode="cot", max_new_tokens=5)
     assert r.choices[0].text == want.text and r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == want.prompt_tokens and kava_of(r)["latent_tokens"] == 0
+
+
+def test_stream_options_without_stream_is_a_plain_response(base_url):
+    body = {**QUESTION_BODY, "stream_options": {"include_usage": True}}
+    r = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json()["object"] == "chat.completion"
 
 
 # streaming -----------------------------------------------------------------------------------

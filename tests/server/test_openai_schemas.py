@@ -1,0 +1,109 @@
+"""The OpenAI request schemas say what the server honours: the OpenAPI document admits exactly
+the values the validators accept, and every refusal explains itself. No server runs here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from server.app import create_app
+from server.openai_schemas import UNSUPPORTED, ChatCompletionRequest, CompletionRequest
+from server.settings import Settings
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "What is 2 + 3?"}]}
+COMPLETION = {"model": "tiny", "prompt": "What is 2 + 3?"}
+
+# field -> (a value that asks for nothing, a value the server cannot honour)
+CASES: dict[str, tuple[Any, Any]] = {
+    "n": (1, 2),
+    "best_of": (1, 3),
+    "temperature": (0, 0.7),
+    "presence_penalty": (0.0, 0.5),
+    "frequency_penalty": (0, -1.0),
+    "logit_bias": ({}, {"50256": -100.0}),
+    "stop": ([], ["\n"]),
+    "logprobs": (False, True),
+    "top_logprobs": (0, 5),
+    "echo": (False, True),
+    "suffix": (None, "!"),
+    "tools": ([], [{"type": "function", "function": {"name": "add"}}]),
+    "functions": ([], [{"name": "add"}]),
+    "tool_choice": ("none", "auto"),
+    "function_call": ("none", "auto"),
+    "response_format": ({"type": "text"}, {"type": "json_object"}),
+}
+
+
+def _request(field: str) -> tuple[type, dict[str, Any]]:
+    if field in ChatCompletionRequest.model_fields:
+        return ChatCompletionRequest, CHAT
+    return CompletionRequest, COMPLETION
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return create_app(Settings(adapters=["tiny=/nowhere/tiny"], warmup=False)).openapi()
+
+
+def _validator(spec: dict[str, Any], model: type):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"$ref": f"#/components/schemas/{model.__name__}", "components": spec["components"]}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_every_unsupported_field_has_a_case():
+    assert set(CASES) == set(UNSUPPORTED)
+
+
+@pytest.mark.parametrize("field", sorted(CASES))
+def test_refused_values_are_422_material_and_outside_the_declared_schema(spec, field):
+    model, base = _request(field)
+    honoured, refused = CASES[field]
+    model.model_validate({**base, field: honoured})
+    with pytest.raises(ValidationError) as info:
+        model.model_validate({**base, field: refused})
+    (error,) = info.value.errors()
+    assert error["loc"] == (field,) and error["msg"] == UNSUPPORTED[field][1]
+    validator = _validator(spec, model)
+    assert validator.is_valid({**base, field: honoured})
+    assert not validator.is_valid({**base, field: refused}), f"the OpenAPI document admits {field}={refused!r}"
+
+
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        (CompletionRequest, {**COMPLETION, "prompt": "  "}),
+        (CompletionRequest, {**COMPLETION, "prompt": ["a", "b"]}),
+        (CompletionRequest, {**COMPLETION, "prompt": [1, 2]}),
+        (ChatCompletionRequest, {**CHAT, "messages": []}),
+        (ChatCompletionRequest, {**CHAT, "messages": [{"role": "tool", "content": "4"}]}),
+        (ChatCompletionRequest, {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+        (ChatCompletionRequest, {**CHAT, "beam_width": 4}),
+    ],
+)
+def test_shapes_refused_by_the_validators_are_refused_by_the_schema(spec, model, body):
+    with pytest.raises(ValidationError):
+        model.model_validate(body)
+    assert not _validator(spec, model).is_valid(body)
+
+
+def test_the_question_and_the_limits():
+    chat = ChatCompletionRequest.model_validate(
+        {
+            **CHAT,
+            "messages": [
+                {"role": "system", "content": "ignored"},
+                {"role": "assistant", "content": None, "refusal": None},  # echoed back from a response
+                {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "text", "text": "parts"}]},
+            ],
+            "max_tokens": 3,
+            "max_completion_tokens": 5,
+            "stream_options": {"include_usage": True},  # read only when streaming
+        }
+    )
+    solve = chat.to_solve()
+    assert (solve.question, solve.max_new_tokens, solve.adapter) == ("two\nparts", 5, "tiny")
+    assert chat.include_usage() is False
+    assert CompletionRequest.model_validate({**COMPLETION, "prompt": ["q"]}).to_solve().question == "q"
