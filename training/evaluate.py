@@ -27,6 +27,9 @@ from kava.prompts import Example
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW = {"latent": 16, "cot": 96}
+# Questions written by hand the way people ask (not by the generator); `kava eval` on the
+# built-in task reports them as their own row when the file is there (a source checkout).
+HANDWRITTEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "handwritten.jsonl"
 
 
 def evaluate(
@@ -123,6 +126,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", type=Path, default=None, help="also write JSON (+ .md) here")
     p.add_argument("--records", action="store_true", help="include every question's prediction in the JSON")
+    p.add_argument(
+        "--handwritten",
+        type=Path,
+        default=HANDWRITTEN,
+        help="hand-written questions reported as their own row with --data builtin ('' to skip)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,31 +144,49 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--modes: unknown mode(s) {bad}; choose from latent,cot")
     examples = resolve_examples(args.data, style=args.style, n=args.limit, split="eval")
     model = load_adapter(args.adapter, base_model=args.base_model, device=args.device, dtype=args.dtype)
-    results = {
-        m: evaluate(
-            model,
-            examples,
-            mode=m,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            num_iterations=args.num_iterations,
-            progress=not args.json,
-            keep_records=args.records,
-        )
-        for m in modes
-    }
+
+    def run_modes(exs: Sequence[Example]) -> dict[str, dict[str, Any]]:
+        return {
+            m: evaluate(
+                model,
+                exs,
+                mode=m,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                num_iterations=args.num_iterations,
+                progress=not args.json,
+                keep_records=args.records,
+            )
+            for m in modes
+        }
+
+    results = run_modes(examples)
     summary: dict[str, Any] = {"adapter": str(args.adapter), "data": args.data, "style": args.style, **results}
-    if "latent" in results and "cot" in results:
-        lat, cot = results["latent"], results["cot"]
-        summary["latent_vs_cot"] = {
+    summary |= _comparison(results)
+    tables = [markdown_table(results)]
+    hand = args.handwritten
+    if args.data == "builtin" and hand and str(hand) and Path(hand).is_file():
+        hand_ex = resolve_examples(str(hand), style=args.style, n=args.limit, split="eval")
+        hand_results = run_modes(hand_ex)
+        summary["handwritten"] = {"data": str(hand), **hand_results, **_comparison(hand_results)}
+        tables.append(f"hand-written questions ({len(hand_ex)}):\n" + markdown_table(hand_results))
+    text = json.dumps(summary, indent=2)
+    print(text if args.json else "\n\n".join(tables))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        args.out.with_suffix(".md").write_text("\n\n".join(tables) + "\n")
+    return 0
+
+
+def _comparison(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if "latent" not in results or "cot" not in results:
+        return {}
+    lat, cot = results["latent"], results["cot"]
+    return {
+        "latent_vs_cot": {
             "forward_pass_ratio": cot["forward_passes_per_question"] / max(lat["forward_passes_per_question"], 1e-9),
             "speedup": cot["seconds_per_question"] / max(lat["seconds_per_question"], 1e-9),
             "accuracy_ratio": lat["accuracy"] / cot["accuracy"] if cot["accuracy"] else None,
         }
-    text = json.dumps(summary, indent=2)
-    print(text if args.json else markdown_table(results))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        args.out.with_suffix(".md").write_text(markdown_table(results) + "\n")
-    return 0
+    }

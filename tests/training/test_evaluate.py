@@ -76,3 +76,37 @@ def test_kava_eval_cli_json(tiny_bases, tmp_path, capsys):
         assert FIELDS <= out[mode].keys() and out[mode]["n"] == 1
     assert out["latent_vs_cot"]["forward_pass_ratio"] > 0
     assert (tmp_path / "r.md").read_text().startswith("| mode |")
+
+
+def test_kava_eval_reports_the_handwritten_set_as_its_own_row(tiny_bases, tmp_path, capsys):
+    model = make_model(tiny_bases["llama"])
+    save_adapter(model, tmp_path / "a")
+    hand = tmp_path / "hand.jsonl"
+    rows = [
+        {"question": f"I have {i} pens and get 2 more. How many now?", "steps": [f"<<{i}+2={i + 2}>>"], "answer": str(i + 2)}
+        for i in range(3)
+    ]
+    hand.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["eval", "--adapter", str(tmp_path / "a"), "--json", "--limit", "2", "--max-new-tokens", "2"]
+    assert kava_main([*args, "--handwritten", str(hand)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data"] == "builtin" and out["latent"]["n"] == 2
+    assert out["handwritten"]["data"] == str(hand)
+    for mode in ("latent", "cot"):
+        assert FIELDS <= out["handwritten"][mode].keys() and out["handwritten"][mode]["n"] == 2
+    assert kava_main([*args, "--handwritten", ""]) == 0
+    assert "handwritten" not in json.loads(capsys.readouterr().out)
+
+
+def test_the_shipped_handwritten_set_is_well_formed():
+    from training.evaluate import HANDWRITTEN
+
+    rows = [json.loads(line) for line in HANDWRITTEN.read_text().splitlines()]
+    assert len(rows) >= 100 and len({r["question"] for r in rows}) == len(rows)
+    for r in rows:
+        value = None
+        for step in r["steps"]:
+            lhs, rhs = step.strip("<>").split("=")
+            assert eval(lhs, {"__builtins__": {}}) == int(rhs), (r["question"], step)  # noqa: S307 (our own file)
+            value = int(rhs)
+        assert str(value) == r["answer"], r
