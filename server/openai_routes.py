@@ -115,7 +115,7 @@ def _renamed(exc: ApiError, names: dict[str, tuple[str, str]]) -> ApiError:
     return ApiError(exc.status, exc.type, message, param, exc.headers)
 
 
-def _names(question: str, max_tokens: str) -> dict[str, tuple[str, str]]:
+def _names(question: tuple[str, str], max_tokens: str) -> dict[str, tuple[str, str]]:
     return {
         "adapter": ("model", "model"),
         "question": question,
