@@ -1,161 +1,32 @@
-"""Batched question -> answer: the one inference function (latent, sequential or CoT mode).
+"""Batched question -> answer: `solve_batch`, the one inference function (latent, sequential or CoT).
 
-Owns greedy answer decoding with a KV cache (finished rows leave the batch, so they stop
-costing compute), per-request accounting (tokens, forward passes, KV bytes) and phase
-timings. The server, `kava eval` and the benchmarks all call `solve_batch`. Does not own
-scheduling, HTTP or metrics export.
+The server, `kava eval` and the benchmarks all call it. It runs the fast path — a
+`kava.running.Running` batch over `kava.fastlm` (LoRA merged, SDPA, static KV cache, packed
+tokens, one host sync per pass) — to completion for the given questions, and falls back to
+the reference path (`kava.reference`: peft + HF forward + DynamicCache) for a backbone the
+fast path does not cover or when asked (`fast=False`). Both give the same tokens (tested for
+Llama, Qwen2 and GPT-2, padded batches included). Does not own scheduling, HTTP or metrics
+export; the server drives `Running` one pass at a time itself.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
-from transformers.cache_utils import DynamicCache
 
-from kava.answers import extract_answer
 from kava.backbone import KavaModel
-from kava.latent import Prefix, prefill, run_latents
-from kava.prompts import encode_prefixes, prompt_ids
+from kava.config import MODES, Mode
+from kava.fastlm import FastPathUnsupported, fast_lm
+from kava.reference import solve_reference
+from kava.results import PHASES, BatchOutput, BatchStats, SolveResult, nearest_tokens
+from kava.running import Ask, Running
 
-Mode = Literal["latent", "cot"]
-MODES: tuple[str, ...] = ("latent", "cot")
+__all__ = ["MODES", "BatchOutput", "BatchStats", "Mode", "SolveResult", "nearest_tokens", "solve_batch"]
 
-
-@dataclass
-class SolveResult:
-    text: str
-    answer: str | None
-    finish_reason: str  # stop | length | cancelled
-    prompt_tokens: int
-    latent_tokens: int
-    generated_tokens: int
-    forward_passes: int
-    kv_cache_bytes: int  # KV bytes this request held at its peak (its own rows, no padding)
-    latent_nearest_tokens: list[str] | None = None
-
-
-@dataclass
-class BatchStats:
-    batch_size: int
-    mode: str
-    prefill_s: float = 0.0
-    latent_s: float = 0.0
-    decode_s: float = 0.0
-    first_token_s: float = 0.0  # from batch start to the first answer token
-    total_s: float = 0.0
-    passes: dict[str, int] = field(default_factory=lambda: {"prefill": 0, "latent": 0, "decode": 0})
-    peak_kv_bytes: int = 0  # whole batch, padding included
-
-
-@dataclass
-class BatchOutput:
-    results: list[SolveResult]
-    stats: BatchStats
-
-
-class _Clock:
-    """Phase timer that waits for the device, so GPU phases are not under-reported."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.t0 = self.last = self._now()
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self) -> float:
-        now = self._now()
-        dt, self.last = now - self.last, now
-        return dt
-
-    def since_start(self) -> float:
-        return self._now() - self.t0
-
-
-def cache_bytes(cache: DynamicCache) -> int:
-    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers if layer.is_initialized)
-
-
-def bytes_per_token(cache: DynamicCache) -> int:
-    """KV bytes one token costs across all layers: 2 (K, V) x Hkv x d x element size."""
-    return sum(
-        layer.keys.shape[1] * layer.keys.shape[3] * layer.keys.element_size() * 2
-        for layer in cache.layers
-        if layer.is_initialized
-    )
-
-
-@dataclass
-class Decoded:
-    tokens: list[list[int]]
-    finish: list[str]
-    passes_per_row: list[int]
-    passes: int
-    peak_bytes: int
-
-
-def greedy_decode(
-    model: KavaModel,
-    cache: DynamicCache,
-    mask: torch.Tensor,
-    lengths: torch.Tensor,
-    logits: torch.Tensor,
-    max_new_tokens: Sequence[int],
-    is_cancelled: Callable[[int], bool] | None = None,
-) -> Decoded:
-    """Greedy decoding from `logits` (B, V); a row leaves the batch at `<eos>`, at its own
-    `max_new_tokens`, or when `is_cancelled(row)` says so. The method tokens are never emitted."""
-    b = logits.shape[0]
-    eos = model.ids.eos
-    tokens: list[list[int]] = [[] for _ in range(b)]
-    finish = ["length"] * b
-    row_passes = [0] * b
-    active = list(range(b))
-    passes, peak = 0, cache_bytes(cache)
-    while True:
-        logits = logits.float().index_fill(-1, model.special_ids, float("-inf"))
-        nxt = logits.argmax(-1)  # (B_active,)
-        keep = []
-        for i, (row, tok) in enumerate(zip(active, nxt.tolist())):
-            if len(tokens[row]) >= max_new_tokens[row]:
-                continue  # max_new_tokens == 0
-            tokens[row].append(tok)
-            if tok == eos:
-                finish[row] = "stop"
-            elif is_cancelled is not None and is_cancelled(row):
-                finish[row] = "cancelled"
-            elif len(tokens[row]) < max_new_tokens[row]:
-                keep.append(i)
-        if not keep:
-            break
-        if len(keep) < len(active):  # finished rows stop costing compute
-            idx = torch.tensor(keep, device=mask.device)
-            cache.batch_select_indices(idx)
-            mask, lengths, nxt = mask[idx], lengths[idx], nxt[idx]
-            active = [active[i] for i in keep]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B_active, L + 1)
-        out = model(model.embed(nxt[:, None]), mask, lengths[:, None], cache)
-        cache, lengths, logits = out.cache, lengths + 1, out.logits[:, -1]
-        passes += 1
-        for row in active:
-            row_passes[row] += 1
-        peak = max(peak, cache_bytes(cache))
-    return Decoded(tokens, finish, row_passes, passes, peak)
-
-
-def nearest_tokens(model: KavaModel, latents: torch.Tensor) -> list[list[str]]:
-    """For inspection: the vocabulary token whose input embedding is closest (cosine) to
-    each latent vector (B, M, D)."""
-    emb = torch.nn.functional.normalize(model.input_embeddings.weight.float(), dim=-1)  # (V, D)
-    z = torch.nn.functional.normalize(latents.float(), dim=-1)  # (B, M, D)
-    ids = (z @ emb.T).argmax(-1)  # (B, M)
-    return [model.tokenizer.convert_ids_to_tokens(r) for r in ids.tolist()]
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -169,75 +40,57 @@ def solve_batch(
     sequential: bool | None = None,
     return_latents: bool = False,
     is_cancelled: Callable[[int], bool] | None = None,
+    fast: bool = True,
 ) -> BatchOutput:
     """Answer a batch of questions.
 
     latent: prefill `Q <bot>` (+ the init pass, same forward) -> T Jacobi iterations (or M
     sequential latent passes), the last one also carrying `<eot> P` -> greedy answer.
-    cot: prefill `Q` -> greedy CoT + answer.
+    cot: prefill `Q` -> greedy CoT + answer. `is_cancelled(i)` drops question i between passes.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: must be one of {MODES}")
     if not questions:
         raise ValueError("questions: need at least one")
-    model.activate()
-    cfg = model.config
     b = len(questions)
     limits = [max_new_tokens] * b if isinstance(max_new_tokens, int) else list(max_new_tokens)
     assert len(limits) == b, "one max_new_tokens per question"
-    stats = BatchStats(batch_size=b, mode=mode)
-    clock = _Clock(model.device)
+    kw = dict(mode=mode, num_iterations=num_iterations, sequential=sequential, return_latents=return_latents)
+    if fast:
+        try:
+            fast_lm(model)
+        except FastPathUnsupported as exc:
+            log.info("reference path for this model: %s", exc)
+        else:
+            return _solve_fast(model, questions, limits, is_cancelled, **kw)
+    return solve_reference(model, questions, max_new_tokens=limits, is_cancelled=is_cancelled, **kw)
 
-    latent = mode == "latent"
-    m = cfg.num_latents if latent else 0
-    t = cfg.num_iterations if num_iterations is None else num_iterations
-    seq = cfg.sequential if sequential is None else sequential
-    fuse_init = latent and not seq and t > 0  # the init pass rides in the prefill pass
-    batch = encode_prefixes(model.tokenizer, questions, model.ids, with_bot=latent).to(model.device)
-    pre: Prefix = prefill(model, batch, init_slots=m if fuse_init else 0)
-    stats.prefill_s, stats.passes["prefill"] = clock.lap(), 1
-    latents_out = None
-    if latent:
-        # `<eot> P` is the same for every row: it rides in the last latent pass, unpadded
-        suffix = torch.tensor([[model.ids.eot] + prompt_ids(model.tokenizer, cfg)], device=model.device)
-        lat = run_latents(
-            model, pre, num_latents=m, num_iterations=t, sequential=seq, suffix=model.embed(suffix).expand(b, -1, -1)
-        )
-        cache, mask, lengths, logits = lat.cache, lat.mask, lat.lengths, lat.suffix_logits
-        stats.passes["latent"] = lat.passes
-        latents_out = lat.inputs
-        stats.latent_s = clock.lap()
-    else:
-        cache, mask, lengths, logits = pre.cache(), pre.mask, pre.lengths, pre.last_logits
-    stats.first_token_s = clock.since_start()
-    per_token = bytes_per_token(cache)
-    prompt_lens = pre.lengths.tolist()
-    held_before = lengths.tolist()
 
-    dec = greedy_decode(model, cache, mask, lengths, logits, limits, is_cancelled)
-    stats.decode_s = clock.lap()
-    stats.passes["decode"] = dec.passes
-    stats.peak_kv_bytes = dec.peak_bytes
-    stats.total_s = clock.since_start()
-
-    nearest = nearest_tokens(model, latents_out) if (return_latents and latents_out is not None) else None
-    results = []
-    for i in range(b):
-        text = model.tokenizer.decode(dec.tokens[i], skip_special_tokens=True)
-        n_gen = len(dec.tokens[i])
-        # the last generated token is never fed back, so it never occupies the cache
-        held = held_before[i] + max(n_gen - 1, 0)
-        results.append(
-            SolveResult(
-                text=text.strip(),
-                answer=extract_answer(text, cfg.answer_prompt),
-                finish_reason=dec.finish[i],
-                prompt_tokens=prompt_lens[i],
-                latent_tokens=m,
-                generated_tokens=n_gen,
-                forward_passes=stats.passes["prefill"] + stats.passes["latent"] + dec.passes_per_row[i],
-                kv_cache_bytes=held * per_token,
-                latent_nearest_tokens=nearest[i] if nearest is not None else None,
-            )
-        )
-    return BatchOutput(results, stats)
+def _solve_fast(
+    model: KavaModel,
+    questions: Sequence[str],
+    limits: list[int],
+    is_cancelled: Callable[[int], bool] | None,
+    **kw,
+) -> BatchOutput:
+    """The running batch, joined by every question at once and stepped until it is empty."""
+    t0 = time.perf_counter()
+    stats = BatchStats(batch_size=len(questions), mode=kw["mode"])
+    asks = [Ask(q, max_new_tokens=n, **kw) for q, n in zip(questions, limits)]
+    running = Running(model, rows=len(asks), length=1)
+    rows = [running.join(ask, tag=i) for i, ask in enumerate(asks)]  # grows the cache to fit once
+    while running:
+        out = running.step()
+        for phase in PHASES:
+            if out.phases[phase]:  # rows of one batch move in step, so one phase per pass
+                stats.passes[phase] += 1
+                setattr(stats, f"{phase}_s", getattr(stats, f"{phase}_s") + out.wall_s)
+        if out.tokens and not stats.first_token_s:
+            stats.first_token_s = time.perf_counter() - t0
+        if is_cancelled is not None:
+            for row in list(running.rows):
+                if is_cancelled(row.tag):
+                    running.leave(row, "cancelled")
+    stats.total_s = time.perf_counter() - t0
+    stats.peak_kv_bytes = running.cache.nbytes
+    return BatchOutput([running.result(r) for r in rows], stats)

@@ -1,0 +1,338 @@
+"""Inference fast path, the model half: merged weights and one packed forward pass.
+
+Owns `FastLM` — one adapter's view of the backbone with its LoRA merged into copies of the
+weights it touches (so a pass costs what the base costs), q/k/v and gate/up fused into one
+matmul each — built from a `KavaModel` through a small family table; `KVCache`, one
+preallocated (Λ, rows, Hkv, L, d) tensor each for keys and values whose rows are slots;
+`Plan`, the host-built index tensors of one pass; and `forward`, one pass of packed tokens
+(every row's new tokens back to back, no padding through the matmuls) with SDPA attention
+over the static cache. Norms, activations and rotary embeddings are the backbone's own
+modules, so the numbers are the reference path's up to float rounding (tested equal).
+
+Training never comes here: it keeps `KavaModel.forward` (peft LoRA, unmerged). Does not own
+the method's phases (`kava.running`) nor the choice between this and the reference path
+(`kava.generate`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from kava.backbone import KavaModel
+
+
+class FastPathUnsupported(ValueError):
+    """This backbone or adapter has no fast form; the reference path still runs it."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family keeps its parts (paths from the causal LM and from one layer)."""
+
+    layers: str
+    final_norm: str
+    norm1: str
+    norm2: str
+    qkv: tuple[str, ...]  # one fused module, or q, k, v
+    attn: str  # the attention module (head_dim, scaling)
+    attn_out: str
+    mlp_in: tuple[str, ...]  # two = gated: act(first) * second
+    mlp_out: str
+    act: str
+    rotary: str | None = None  # rotary embedding module (cos, sin from position ids)
+    positions: str | None = None  # learned absolute position embedding
+
+
+_ROTARY = Family(
+    layers="model.layers",
+    final_norm="model.norm",
+    norm1="input_layernorm",
+    norm2="post_attention_layernorm",
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    attn="self_attn",
+    attn_out="self_attn.o_proj",
+    mlp_in=("mlp.gate_proj", "mlp.up_proj"),
+    mlp_out="mlp.down_proj",
+    act="mlp.act_fn",
+    rotary="model.rotary_emb",
+)
+_GPT2 = Family(
+    layers="transformer.h",
+    final_norm="transformer.ln_f",
+    norm1="ln_1",
+    norm2="ln_2",
+    qkv=("attn.c_attn",),
+    attn="attn",
+    attn_out="attn.c_proj",
+    mlp_in=("mlp.c_fc",),
+    mlp_out="mlp.c_proj",
+    act="mlp.act",
+    positions="transformer.wpe",
+)
+FAMILIES: dict[str, Family] = {"llama": _ROTARY, "qwen2": _ROTARY, "gpt2": _GPT2}
+
+
+def _weight(module: nn.Module, adapter: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W (out, in), bias) of a Linear or Conv1D, with `adapter`'s LoRA merged in (fp32 sum)."""
+    from peft.tuners.lora import LoraLayer
+
+    lora = module if isinstance(module, LoraLayer) else None
+    base = lora.get_base_layer() if lora is not None else module
+    w, b = base.weight, base.bias
+    if isinstance(base, Conv1D):
+        w = w.t()  # Conv1D keeps (in, out)
+    elif not isinstance(base, nn.Linear):
+        raise FastPathUnsupported(f"{type(base).__name__} layers have no fast form")
+    if lora is None or adapter is None or adapter not in lora.lora_A or lora.disable_adapters:
+        return w.contiguous(), b
+    if lora.merged_adapters:
+        raise FastPathUnsupported("LoRA already merged into the base weights (peft merge_adapter)")
+    if adapter in getattr(lora, "lora_variant", {}):
+        raise FastPathUnsupported(f"LoRA variant {type(lora.lora_variant[adapter]).__name__} (e.g. DoRA)")
+    scale = lora.scaling[adapter]
+    delta = lora.lora_B[adapter].weight.float() @ lora.lora_A[adapter].weight.float()  # (out, in)
+    w = (w.float() + delta * scale).to(w.dtype)
+    if lora.lora_bias.get(adapter, False):
+        b = (b.float() + lora.lora_B[adapter].bias.float() * scale).to(b.dtype)
+    return w, b
+
+
+def _fused(parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if len(parts) == 1:
+        return parts[0]
+    w = torch.cat([p[0] for p in parts], 0)
+    if all(p[1] is None for p in parts):
+        return w, None
+    b = torch.cat([p[1] if p[1] is not None else w.new_zeros(p[0].shape[0]) for p in parts], 0)
+    return w, b
+
+
+@dataclass
+class Layer:
+    norm1: nn.Module
+    norm2: nn.Module
+    act: Callable[[torch.Tensor], torch.Tensor]
+    w_qkv: torch.Tensor  # (Hq d + 2 Hkv d, D)
+    b_qkv: torch.Tensor | None
+    w_o: torch.Tensor  # (D, Hq d)
+    b_o: torch.Tensor | None
+    w_in: torch.Tensor  # (2F or F, D)
+    b_in: torch.Tensor | None
+    w_out: torch.Tensor  # (D, F)
+    b_out: torch.Tensor | None
+    gated: bool
+    scaling: float
+
+
+class FastLM:
+    """One adapter's backbone for inference: merged weights, the backbone's own small modules."""
+
+    def __init__(self, model: KavaModel):
+        lm = model.lm
+        base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        cfg = base.config
+        family = FAMILIES.get(cfg.model_type)
+        if family is None:
+            raise FastPathUnsupported(f"model_type {cfg.model_type!r}: the fast path knows {sorted(FAMILIES)}")
+        if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+            raise FastPathUnsupported("sliding-window layers have no fast form")
+        if getattr(cfg, "add_cross_attention", False):
+            raise FastPathUnsupported("cross-attention layers have no fast form")
+        adapter = model.adapter_name if hasattr(lm, "peft_config") else None
+        get = base.get_submodule
+        self.layers: list[Layer] = []
+        for block in get(family.layers):
+            attn = block.get_submodule(family.attn)
+            w_qkv, b_qkv = _fused([_weight(block.get_submodule(p), adapter) for p in family.qkv])
+            w_in, b_in = _fused([_weight(block.get_submodule(p), adapter) for p in family.mlp_in])
+            w_o, b_o = _weight(block.get_submodule(family.attn_out), adapter)
+            w_out, b_out = _weight(block.get_submodule(family.mlp_out), adapter)
+            self.layers.append(
+                Layer(
+                    block.get_submodule(family.norm1),
+                    block.get_submodule(family.norm2),
+                    block.get_submodule(family.act),
+                    w_qkv, b_qkv, w_o, b_o, w_in, b_in, w_out, b_out,
+                    gated=len(family.mlp_in) == 2,
+                    scaling=float(attn.scaling),
+                )
+            )  # fmt: skip
+        self.n_q = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_q
+        self.head_dim = int(get(f"{family.layers}.0.{family.attn}").head_dim)
+        self.final_norm = get(family.final_norm)
+        self.rotary = get(family.rotary) if family.rotary else None
+        self.positions = get(family.positions) if family.positions else None
+        self.embedding = lm.get_input_embeddings().weight  # (V, D)
+        self.head_w, self.head_b = _weight(lm.get_output_embeddings(), adapter)  # (V, D)
+        # the method's rows replace the backbone's for <bot> <eot> <latent> (KavaModel.embed)
+        vocab = self.embedding.shape[0]
+        self.special_of = torch.zeros(vocab, dtype=torch.long, device=model.device)
+        self.special_of[model.special_ids] = torch.arange(3, device=model.device)
+        self.is_special = torch.zeros(vocab, dtype=torch.bool, device=model.device)
+        self.is_special[model.special_ids] = True
+        self.special_rows = model.special_rows.detach()
+        self.special_ids = model.special_ids
+        self.dtype, self.device = self.embedding.dtype, self.embedding.device
+
+    @property
+    def bytes_per_token(self) -> int:
+        """KV bytes one token costs across all layers: 2 (K, V) x Λ x Hkv x d x element size."""
+        return 2 * len(self.layers) * self.n_kv * self.head_dim * self.embedding.element_size()
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, D), as KavaModel.embed
+        e = F.embedding(ids, self.embedding)  # (N, D)
+        rows = self.special_rows[self.special_of[ids]].to(e.dtype)  # (N, D)
+        return torch.where(self.is_special[ids][:, None], rows, e)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:  # (K, D) after the final norm -> (K, V)
+        return F.linear(h, self.head_w, self.head_b)
+
+
+_BUILT: weakref.WeakKeyDictionary[KavaModel, tuple[tuple, FastLM]] = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: KavaModel) -> tuple:
+    """Changes whenever any weight is replaced or updated in place (an optimizer step, a load)."""
+    return (model.adapter_name, *((p.data_ptr(), p._version) for p in model.parameters()))
+
+
+def fast_lm(model: KavaModel) -> FastLM:
+    """`model`'s fast form, built once and rebuilt only after its weights change (training
+    between evaluations). Raises FastPathUnsupported when there is none."""
+    key = _fingerprint(model)
+    hit = _BUILT.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    _BUILT.pop(model, None)  # free the stale copy before building the next one
+    with torch.no_grad():
+        fast = FastLM(model)
+    _BUILT[model] = (key, fast)
+    return fast
+
+
+class KVCache:
+    """Static keys and values: (Λ, rows, Hkv, length, d) each, zero-initialised. A row is a
+    slot; the running rows always fill slots 0..B-1, so attention reads a view, not a gather."""
+
+    def __init__(self, lm: FastLM, rows: int, length: int):
+        self.shape = (len(lm.layers), rows, lm.n_kv, length, lm.head_dim)
+        self.k = torch.zeros(self.shape, dtype=lm.dtype, device=lm.device)
+        self.v = torch.zeros(self.shape, dtype=lm.dtype, device=lm.device)
+
+    @property
+    def rows(self) -> int:
+        return self.shape[1]
+
+    @property
+    def length(self) -> int:
+        return self.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    def grow(self, rows: int, length: int) -> None:
+        """Reallocate to at least (rows, length), keeping what is stored."""
+        if rows <= self.rows and length <= self.length:
+            return
+        old_k, old_v, (_, r, _, n, _) = self.k, self.v, self.shape
+        self.shape = (self.shape[0], max(rows, r), self.shape[2], max(length, n), self.shape[4])
+        self.k = old_k.new_zeros(self.shape)
+        self.v = old_v.new_zeros(self.shape)
+        self.k[:, :r, :, :n] = old_k
+        self.v[:, :r, :, :n] = old_v
+
+    def move(self, src: int, dst: int) -> None:
+        """Slot `src` -> slot `dst` (compaction when a row leaves)."""
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]
+
+
+@dataclass
+class Plan:
+    """Where one pass's packed tokens go: row r writes counts[r] tokens at cache indices
+    starts[r].. (position id = cache index: a row's tokens start at index 0, unpadded)."""
+
+    rows: int  # B: slots 0..B-1 take part
+    width: int  # W: the most tokens any row adds
+    view: int  # cache columns attention reads
+    slot: torch.Tensor  # (N,) each token's row
+    pos: torch.Tensor  # (N,) each token's cache index and position id
+    pad: torch.Tensor | None  # (N,) index into the (B * W) query grid; None when packed == grid
+    mask: torch.Tensor  # (B, 1, W, view) bool: key k visible to query j of row r iff k <= starts[r] + j
+
+    @classmethod
+    def build(cls, starts: Sequence[int], counts: Sequence[int], device: torch.device) -> Plan:
+        b, w = len(starts), max(counts)
+        view = max(s + n for s, n in zip(starts, counts))
+        slot = [r for r, n in enumerate(counts) for _ in range(n)]
+        pos = [s + j for s, n in zip(starts, counts) for j in range(n)]
+        grid = None if all(n == w for n in counts) else [r * w + j for r, n in enumerate(counts) for j in range(n)]
+        host = torch.tensor(slot + pos + (grid or []) + list(starts), dtype=torch.long)
+        host = host.to(device, non_blocking=True)
+        n = len(slot)
+        slot_t, pos_t = host[:n], host[n : 2 * n]
+        pad_t = host[2 * n : 3 * n] if grid is not None else None
+        start_t = host[-b:]
+        qend = start_t[:, None] + torch.arange(w, device=device)  # (B, W)
+        mask = torch.arange(view, device=device) <= qend[:, None, :, None]  # (B, 1, W, view)
+        return cls(b, w, view, slot_t, pos_t, pad_t, mask)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scaling: float) -> torch.Tensor:
+    """q (N, Hq, d) against rows 0..B-1 of one layer's cache (rows, Hkv, L, d) -> (N, Hq d)."""
+    n, hq, d = q.shape
+    b, w = plan.rows, plan.width
+    grid = q if plan.pad is None else q.new_zeros(b * w, hq, d).index_copy_(0, plan.pad, q)
+    grid = grid.view(b, w, hq, d).transpose(1, 2)  # (B, Hq, W, d)
+    keys, values = k[:b, :, : plan.view], v[:b, :, : plan.view]  # (B, Hkv, view, d)
+    out = F.scaled_dot_product_attention(
+        grid, keys, values, attn_mask=plan.mask, scale=scaling, enable_gqa=hq != k.shape[1]
+    )  # (B, Hq, W, d)
+    out = out.transpose(1, 2).reshape(b * w, hq * d)
+    return out if plan.pad is None else out.index_select(0, plan.pad)
+
+
+def forward(lm: FastLM, cache: KVCache, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """One pass: packed inputs (N, D) -> last-layer outputs (N, D) before the final norm.
+    Every token's K and V land in the cache before attention reads it."""
+    n = x.shape[0]
+    hq, hkv, d = lm.n_q, lm.n_kv, lm.head_dim
+    h = x
+    if lm.positions is not None:
+        h = h + lm.positions(plan.pos)  # (N, D)
+    cos = sin = None
+    if lm.rotary is not None:
+        cos, sin = lm.rotary(h, plan.pos[None])  # (1, N, d) each
+        cos, sin = cos[0, :, None], sin[0, :, None]  # (N, 1, d)
+    for i, layer in enumerate(lm.layers):
+        a = layer.norm1(h)  # (N, D)
+        q, k, v = F.linear(a, layer.w_qkv, layer.b_qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
+        q, k, v = q.view(n, hq, d), k.view(n, hkv, d), v.view(n, hkv, d)
+        if cos is not None:
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        cache.k[i][plan.slot, :, plan.pos] = k  # (N, Hkv, d) into (rows, Hkv, L, d)
+        cache.v[i][plan.slot, :, plan.pos] = v
+        h = h + F.linear(_attend(q, cache.k[i], cache.v[i], plan, layer.scaling), layer.w_o, layer.b_o)
+        m = F.linear(layer.norm2(h), layer.w_in, layer.b_in)  # (N, 2F | F)
+        if layer.gated:
+            gate, up = m.chunk(2, dim=-1)
+            m = layer.act(gate) * up
+        else:
+            m = layer.act(m)
+        h = h + F.linear(m, layer.w_out, layer.b_out)
+    return h
