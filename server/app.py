@@ -6,7 +6,7 @@ pass a small engine over a tiny model. The lifespan starts the engine and waits 
 model to load (a load error fails start-up, so `kava serve` exits with the reason), and
 on shutdown drains it: admission stops, queued and running work finishes within
 `drain_timeout_s`, then the thread ends. `ServerContext.drain` is also what `kava serve`
-runs on SIGTERM before it lets uvicorn close (see `server.cli`).
+runs on SIGTERM before it lets uvicorn close (see `server.draining`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from functools import partial
 
 from fastapi import FastAPI, Request
 
+from kava.config import MODES
+from server.budget import Budgets
 from server.engine import Engine
 from server.errors import OUTCOME_BY_STATUS, install
-from server.metrics import MODES, Metrics
-from server.middleware import RequestIdMiddleware
+from server.metrics import Metrics
+from server.middleware import GuardMiddleware, RequestIdMiddleware
 from server.openai_routes import OPENAI_SOLVE_PATHS
 from server.openai_routes import router as openai_api
+from server.openapi import openapi_document
 from server.routes import SOLVE_PATH, api, probes
 from server.runner import ModelRunner, Runner
 from server.settings import Settings, redact
@@ -41,6 +44,7 @@ class ServerContext:
     settings: Settings
     engine: Engine
     metrics: Metrics
+    budgets: Budgets  # each adapter's context budget (server.budget)
 
     async def start(self) -> None:
         self.engine.start()
@@ -96,7 +100,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     engine = engine if engine is not None else build_engine(settings)
     metrics = Metrics()
     engine.observer = metrics
-    ctx = ServerContext(settings, engine, metrics)
+    ctx = ServerContext(settings, engine, metrics, Budgets(engine))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,5 +122,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(api)
     app.include_router(openai_api)
     app.include_router(probes)
-    app.add_middleware(RequestIdMiddleware)
+    app.openapi = partial(openapi_document, app, settings)
+    app.add_middleware(
+        GuardMiddleware,
+        api_key=settings.api_key,
+        admin_api_key=settings.admin_api_key,
+        max_body_bytes=settings.max_body_bytes,
+        on_reject=lambda scope, status: ctx.count_error(Request(scope), status, None),
+    )
+    app.add_middleware(RequestIdMiddleware)  # outermost: rejections carry X-Request-Id too
     return app

@@ -2,7 +2,8 @@
 
 Owns `ApiError` (what handlers raise), the exception handlers that render it, and the
 replacement of FastAPI's validation handler so a 422 says which field broke which limit.
-Status codes follow SERVING.md: 422 invalid, 401 key, 404 unknown adapter, 503 + Retry-After
+Status codes follow SERVING.md: 422 invalid, 401 key, 403 runtime adapter loading off, 404
+unknown adapter, 409 name taken, 413 body too large, 415 not JSON, 503 + Retry-After
 overloaded / draining / not ready, 504 deadline, 500 engine failure (with the request id).
 """
 
@@ -21,12 +22,18 @@ from server.schemas import ErrorBody, ErrorEnvelope
 # outcome label of kava_requests_total for a failed /v1/solve, by status
 OUTCOME_BY_STATUS = {
     401: "invalid",
+    403: "invalid",
     404: "invalid",
+    413: "invalid",
+    415: "invalid",
     422: "invalid",
     499: "cancelled",
     503: "overloaded",
     504: "timeout",
 }
+
+
+BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 when its JSON parser raises
 
 
 class ApiError(Exception):
@@ -49,6 +56,20 @@ def not_found(message: str, param: str | None = None) -> ApiError:
 def unauthorized() -> ApiError:
     message = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
     return ApiError(401, "authentication_error", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(message: str, param: str | None = None) -> ApiError:
+    return ApiError(403, "permission_error", message, param)
+
+
+def too_large(size: int | None, limit: int) -> ApiError:
+    got = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return ApiError(413, "request_too_large", f"the request body is {got}; the limit is {limit} (KAVA_MAX_BODY_BYTES)")
+
+
+def not_json(content_type: str) -> ApiError:
+    message = f"the request body must be JSON sent with 'Content-Type: application/json' (got {content_type!r})"
+    return ApiError(415, "unsupported_media_type", message)
 
 
 def unavailable(type: str, message: str, retry_after_s: int) -> ApiError:
@@ -107,6 +128,10 @@ def install(app: FastAPI, on_error: Callable[[Request, int, object], None]) -> N
         return envelope(422, "invalid_request_error", message, param)
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:  # e.g. JSON nested past the parser's depth
+            on_error(request, 422, None)
+            message = "malformed JSON body: it cannot be parsed (nested too deeply, or not text)"
+            return envelope(422, "invalid_request_error", message, None)
         kind = "not_found_error" if exc.status_code == 404 else "http_error"
         return envelope(exc.status_code, kind, str(exc.detail), None, getattr(exc, "headers", None))
 

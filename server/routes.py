@@ -1,27 +1,33 @@
 """HTTP handlers: thin translations between the wire formats and the engine.
 
-`/v1/*` (solve, adapters, and `server.openai_routes`) needs the API key when one is set;
-`/health`, `/ready` and `/metrics` never do (probes and Prometheus). `solve_job`, which
-`/v1/solve` and the OpenAI-compatible routes share, admits (draining, not ready, queue bound)
-before anything is tokenised, waits for the engine's answer without blocking the event loop,
-and drops the job when the client disconnects or the deadline passes. Does not own the
-engine, the metrics or the error envelope.
+`/v1/*` (solve, adapters, and `server.openai_routes`) needs the API key when one is set
+(checked before the body is read, by `server.middleware.GuardMiddleware`; `require_key`
+checks again for routers that declare it); `/health`, `/ready` and `/metrics` never do.
+`solve_job`, which `/v1/solve` and the OpenAI-compatible routes share, admits (draining, not
+ready, queue bound) before anything is tokenised, checks that prompt + latents + answer fit
+the model's context (`server.budget`, in tokens), waits for the engine's answer without
+blocking the event loop, and drops the job when the client disconnects or the deadline
+passes. Runtime adapter loading is off unless adapter roots are set, and loads only from
+inside them: any path that is not an adapter directory there gets one and the same 422.
+Does not own the engine, the metrics or the error envelope.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from functools import partial
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParam
 
-from kava.adapters import AdapterError
+from kava.adapters import AdapterError, find_adapter_dir, read_manifest
 from server.batch import BatchKey, Done, Job, JobResult
 from server.engine import Draining, Engine, EngineDead, EngineFailure, NotReady, QueueFull
-from server.errors import ApiError, conflict, envelope, invalid, not_found, unauthorized, unavailable
+from server.errors import ApiError, conflict, envelope, forbidden, invalid, not_found, unauthorized, unavailable
+from server.middleware import is_admin, key_matches
 from server.runner import AdapterConflict, AdapterNotLoaded
 from server.schemas import (
     AdapterCard,
@@ -35,14 +41,15 @@ from server.schemas import (
     Timings,
     Usage,
 )
-from server.settings import Settings
+from server.settings import ADAPTER_NAME, Settings
 from server.stats import AdapterInfo
 
 if TYPE_CHECKING:
     from server.app import ServerContext
 
 SOLVE_PATH = "/v1/solve"
-ERRORS = {code: {"model": ErrorEnvelope} for code in (401, 404, 422, 500, 503, 504)}
+ERRORS = {code: {"model": ErrorEnvelope} for code in (401, 404, 413, 415, 422, 500, 503, 504)}
+ADMIN_ERRORS = {code: {"model": ErrorEnvelope} for code in (403, 409)}
 
 
 def _ctx(request: Request) -> ServerContext:
@@ -50,12 +57,10 @@ def _ctx(request: Request) -> ServerContext:
 
 
 async def require_key(request: Request) -> None:
-    key = _ctx(request).settings.api_key
-    if key is None:
-        return
-    auth = request.headers.get("authorization", "")
-    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-    if not secrets.compare_digest(given.encode(), key.get_secret_value().encode()):
+    settings = _ctx(request).settings
+    admin = is_admin(request.method, request.url.path)
+    key = (settings.admin_api_key or settings.api_key) if admin else settings.api_key
+    if key is not None and not key_matches(request.headers, key):
         raise unauthorized()
 
 
@@ -111,14 +116,14 @@ def _engine_error(exc: BaseException, request_id: str) -> ApiError:
     return ApiError(500, "engine_error", f"{reason} (request id {request_id}): {exc}")
 
 
-def _job(body: SolveRequest, info: AdapterInfo, settings: Settings, request: Request, done: Done, **extra) -> Job:
+def _job(body: SolveRequest, info: AdapterInfo, max_new_tokens: int, request: Request, done: Done, **extra) -> Job:
     latent = body.mode == "latent"
     iterations = body.num_iterations if body.num_iterations is not None else info.num_iterations
     return Job(
         id=request.state.request_id,
         question=body.question,
         key=BatchKey(info.name, body.mode, iterations if latent else None),
-        max_new_tokens=body.max_new_tokens or settings.default_max_new_tokens(body.mode),
+        max_new_tokens=max_new_tokens,
         return_latents=body.return_latents,
         arrival=request.state.arrival,
         done=done,
@@ -156,6 +161,19 @@ def solve_response(job: Job, body: SolveRequest, jr: JobResult) -> SolveResponse
     )
 
 
+async def _fit_context(ctx: ServerContext, body: SolveRequest, adapter: str) -> int:
+    """The answer length to run with, once prompt + latents + answer are known to fit."""
+    default = ctx.settings.default_max_new_tokens(body.mode)
+    try:
+        budget = await ctx.budgets.get(adapter)
+    except AdapterNotLoaded as exc:  # unloaded a moment ago
+        raise not_found(str(exc), "adapter") from exc
+    if budget is None:
+        return body.max_new_tokens or default
+    tokens = await budget.count(body.question)
+    return budget.max_new_tokens(tokens, body.mode, body.max_new_tokens, default)
+
+
 async def solve_job(body: SolveRequest, request: Request, **job_fields) -> tuple[Job, JobResult]:
     """Admit, check, queue and await one question: what every answering route runs
     (`/v1/solve` and the OpenAI-compatible ones). Raises ApiError; counts the outcome.
@@ -173,10 +191,11 @@ async def solve_job(body: SolveRequest, request: Request, **job_fields) -> tuple
     problems = body.problems(settings)
     if problems:
         raise invalid(problems[0][0], "; ".join(message for _, message in problems))
+    max_new_tokens = await _fit_context(ctx, body, info.name)
     # 3. queue it, and wait without blocking the loop
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
-    job = _job(body, info, settings, request, partial(_hand_back, loop, fut), **job_fields)
+    job = _job(body, info, max_new_tokens, request, partial(_hand_back, loop, fut), **job_fields)
     try:
         engine.submit(job)
     except QueueFull as exc:
@@ -224,20 +243,63 @@ async def _on_engine(request: Request, fn):
         raise unavailable("unavailable_error", str(exc), ctx.settings.retry_after_s) from exc
 
 
-@api.post("/adapters", status_code=201, response_model=AdapterCard, responses={409: {"model": ErrorEnvelope}})
-async def load_adapter(body: AdapterLoadRequest, request: Request) -> AdapterCard:
+def _runtime_adapters_on(settings: Settings) -> None:
+    if not settings.runtime_adapters:
+        raise forbidden(
+            "loading and unloading adapters at run time is off on this server; start it with "
+            "--adapter-root DIR (KAVA_ADAPTER_ROOTS) to allow loading adapter directories inside DIR"
+        )
+
+
+def _not_an_adapter(given: str, problems: list[str] | None = None) -> ApiError:
+    """The one 422 for a path that is not a loadable adapter. Without `problems` (missing,
+    outside the roots, not a directory: indistinguishable on purpose) it says nothing about
+    the file system; with them (a directory inside a root) it names each bad file."""
+    message = f"path {given!r} is not an adapter directory inside the server's adapter roots"
+    if problems:
+        message = f"path {given!r} is not a valid adapter: " + "; ".join(problems)
+    return invalid("path", message)
+
+
+def _confined_adapter(given: str, settings: Settings) -> Path:
+    """The resolved adapter directory, checked; raises the one 422 otherwise (runs in a thread)."""
+    path = find_adapter_dir(given, settings.adapter_roots)
+    if path is None:
+        raise _not_an_adapter(given)
     try:
-        info = await _on_engine(request, lambda runner: runner.add_adapter(body.name, body.path))
+        read_manifest(path)
+    except AdapterError as exc:
+        raise _not_an_adapter(given, [p.replace(str(path), given) for p in exc.problems]) from exc
+    return path
+
+
+@api.post("/adapters", status_code=201, response_model=AdapterCard, responses=ADMIN_ERRORS)
+async def load_adapter(body: AdapterLoadRequest, request: Request) -> AdapterCard:
+    """Load the adapter directory `path` (inside one of the server's adapter roots) as `name` (admin)."""
+    ctx = _ctx(request)
+    _runtime_adapters_on(ctx.settings)
+    if ctx.engine.adapter(body.name) is not None:
+        raise conflict(f"adapter name {body.name!r} is already loaded; DELETE it first or pick another name", "name")
+    path = await asyncio.to_thread(_confined_adapter, body.path, ctx.settings)
+    try:
+        info = await _on_engine(request, lambda runner: runner.add_adapter(body.name, path))
     except AdapterConflict as exc:
         raise conflict(str(exc), "name") from exc
     except AdapterError as exc:
-        raise invalid("path", f"path: {exc}") from exc
-    return _card(info, _ctx(request).engine)
+        raise _not_an_adapter(body.path, [p.replace(str(path), body.path) for p in exc.problems]) from exc
+    finally:
+        ctx.budgets.forget(body.name)
+    return _card(info, ctx.engine)
 
 
-@api.delete("/adapters/{name}", response_model=AdapterDeleted, responses={409: {"model": ErrorEnvelope}})
-async def unload_adapter(name: str, request: Request) -> AdapterDeleted:
-    if _ctx(request).engine.adapter(name) is None:
+@api.delete("/adapters/{name}", response_model=AdapterDeleted, responses=ADMIN_ERRORS)
+async def unload_adapter(
+    name: Annotated[str, PathParam(pattern=ADAPTER_NAME, description="a loaded adapter's name")], request: Request
+) -> AdapterDeleted:
+    """Unload an adapter loaded at run time (admin); the default adapter owns the base and stays."""
+    ctx = _ctx(request)
+    _runtime_adapters_on(ctx.settings)
+    if ctx.engine.adapter(name) is None:
         raise not_found(f"adapter {name!r} is not loaded", "name")
     try:
         await _on_engine(request, lambda runner: runner.remove_adapter(name))
@@ -245,6 +307,8 @@ async def unload_adapter(name: str, request: Request) -> AdapterDeleted:
         raise not_found(str(exc), "name") from exc
     except AdapterConflict as exc:
         raise conflict(str(exc), "name") from exc
+    finally:
+        ctx.budgets.forget(name)
     return AdapterDeleted(name=name)
 
 

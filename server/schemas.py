@@ -1,28 +1,29 @@
 """Wire formats of the HTTP API: every request and response body, as pydantic models.
 
-Static shape checks live here (types, non-empty question, knob signs); the bounds that
-depend on the server's settings (question length, max_new_tokens, T) are checked by
-`SolveRequest.problems(settings)`, so a 422 always names the field, the problem and the
-limit. Does not own routing or status codes (`server.routes`, `server.errors`).
+Static shape checks live here, strictly typed (`0` is not a boolean, `true` not an integer,
+`"3"` not a number); the bounds that depend on the server's settings (question length,
+max_new_tokens, T) are checked by `SolveRequest.problems(settings)`, so a 422 always names the
+field, the problem and the limit, and `server.openapi` writes them into the OpenAPI document.
+Does not own routing or status codes (`server.routes`, `server.errors`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from kava.config import Mode
 from server.settings import ADAPTER_NAME, Settings
 
-Mode = Literal["latent", "cot"]
+NOT_BLANK = r"\S"  # the OpenAPI pattern of a question: Python's `str.strip` whitespace, as the check
 
 
 class SolveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    question: str = Field(min_length=1, description="one math word problem")
+    question: str = Field(min_length=1, description="one math word problem", json_schema_extra={"pattern": NOT_BLANK})
     adapter: str | None = Field(default=None, description="adapter name; the server's default when omitted")
     mode: Mode = Field(default="latent", description="latent, or cot = the same adapter writing its chain of thought")
     max_new_tokens: int | None = Field(default=None, ge=1, description="answer tokens to decode at most")
@@ -118,10 +119,14 @@ class AdapterList(BaseModel):
 
 
 class AdapterLoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(pattern=ADAPTER_NAME, description="name to serve it under")
-    path: Path = Field(description="adapter directory on the server's disk")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="adapter directory inside one of the server's adapter roots (absolute, or relative to a root)",
+    )
 
 
 class AdapterDeleted(BaseModel):

@@ -229,3 +229,133 @@ def test_an_unexpected_error_is_a_500_envelope_with_the_request_id(runner):
     r = run(scenario())
     assert r.headers["x-request-id"] == "rid-7"
     assert "rid-7" in _envelope(r, 500, "internal_error", None)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "needle"),
+    [
+        ({"question": "q", "return_latents": 0}, "return_latents", "valid boolean"),
+        ({"question": "q", "return_latents": "true"}, "return_latents", "valid boolean"),
+        ({"question": "q", "num_iterations": True}, "num_iterations", "valid integer"),
+        ({"question": "q", "max_new_tokens": "3"}, "max_new_tokens", "valid integer"),
+        ({"question": "q", "max_new_tokens": 3.0}, "max_new_tokens", "valid integer"),
+        ({"question": 5}, "question", "valid string"),
+    ],
+)
+def test_types_are_strict(runner, body, param, needle):
+    async def scenario():
+        async with client_for(app_over(runner)) as client:
+            return await client.post("/v1/solve", json=body)
+
+    assert needle in _envelope(run(scenario()), 422, "invalid_request_error", param)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_a_body_that_is_not_json_is_415_saying_so(runner, content_type):
+    async def scenario():
+        async with client_for(app_over(runner)) as client:
+            r = await client.post("/v1/solve", content=b'{"question": "1+1?"}', headers={"content-type": content_type})
+            return r, await client.post("/v1/solve", json={"question": QUESTIONS[0]})
+
+    r, after = run(scenario())
+    message = _envelope(r, 415, "unsupported_media_type", None)
+    assert "application/json" in message and content_type in message
+    assert after.status_code == 200
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_parsed(runner):
+    async def chunks():
+        for _ in range(8):
+            yield b"x" * 1024
+
+    async def scenario():
+        async with client_for(app_over(runner, max_body_bytes=4096)) as client:
+            declared = await client.post(
+                "/v1/solve", content=b"{" + b" " * 5000 + b"}", headers={"content-type": "application/json"}
+            )
+            streamed = await client.post("/v1/solve", content=chunks(), headers={"content-type": "application/json"})
+            just_fits = await client.post("/v1/solve", json={"question": QUESTIONS[0] + " " * 1900})
+            metrics = metric_samples((await client.get("/metrics")).text)
+        return declared, streamed, just_fits, metrics
+
+    declared, streamed, just_fits, metrics = run(scenario())
+    assert "5002 bytes" in _envelope(declared, 413, "request_too_large", None)
+    assert "limit is 4096" in _envelope(streamed, 413, "request_too_large", None)
+    assert just_fits.status_code == 200
+    assert sample_value(metrics["kava_requests"], "kava_requests_total", outcome="invalid") == 2
+
+
+def test_the_key_is_checked_before_the_body(runner):
+    async def scenario():
+        async with client_for(app_over(runner, api_key="k", max_body_bytes=4096)) as client:
+            json_type = {"content-type": "application/json"}
+            malformed = await client.post("/v1/solve", content=b'{"question": ', headers=json_type)
+            huge = await client.post("/v1/solve", content=b"x" * 10_000, headers=json_type)
+            plain = await client.post("/v1/solve", content=b"hi", headers={"content-type": "text/plain"})
+            keyed = await client.post("/v1/solve", content=b'{"question": ', headers={**json_type, "X-API-Key": "k"})
+        return malformed, huge, plain, keyed
+
+    malformed, huge, plain, keyed = run(scenario())
+    for r in (malformed, huge, plain):
+        _envelope(r, 401, "authentication_error", None)
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert "malformed JSON" in _envelope(keyed, 422, "invalid_request_error", None)
+
+
+def test_prompt_latents_and_answer_must_fit_the_context_in_tokens(runner, tiny_model):
+    positions = tiny_model.lm.config.max_position_embeddings  # 256
+    emoji = "\U0001f600" * 300  # 300 characters, far more tokens (bytes) than positions
+
+    async def scenario():
+        async with client_for(app_over(runner, max_new_tokens_cot=400, max_new_tokens_limit=400)) as client:
+            q = lambda **b: client.post("/v1/solve", json={"question": emoji, **b})  # noqa: E731
+            latent, cot = await q(), await q(mode="cot")
+            answer = await client.post("/v1/solve", json={"question": QUESTIONS[0], "max_new_tokens": 300})
+            shrunk = await client.post("/v1/solve", json={"question": QUESTIONS[0], "mode": "cot"})
+            fits = await client.post("/v1/solve", json={"question": QUESTIONS[1]})
+        return latent, cot, answer, shrunk, fits
+
+    latent, cot, answer, shrunk, fits = run(scenario())
+    message = _envelope(latent, 422, "invalid_request_error", "question")
+    assert "latents 3" in message and f"{positions} positions" in message and "at most" in message
+    assert "question " in message and "tokens" in message
+    assert f"{positions} positions" in _envelope(cot, 422, "invalid_request_error", "question")
+    message = _envelope(answer, 422, "invalid_request_error", "max_new_tokens")
+    assert "max_new_tokens=300" in message and "answer tokens fit" in message
+    # an omitted max_new_tokens is cut to the room that is left, not refused
+    usage = shrunk.json()["usage"]
+    assert shrunk.status_code == 200 and usage["prompt_tokens"] + usage["generated_tokens"] <= positions
+    assert fits.status_code == 200
+
+
+def test_the_server_keeps_serving_after_every_probe(runner):
+    probes = [
+        dict(content=b"\xff\xfe garbage", headers={"content-type": "application/json"}),
+        dict(
+            content=b'{"question": "' + "\U0001f600".encode() * 1000 + b'"}',
+            headers={"content-type": "application/json"},
+        ),
+        dict(content=b"[" * 5000, headers={"content-type": "application/json"}),
+        dict(content=b'{"question": "1+1", "mode": {"a": []}}', headers={"content-type": "application/json"}),
+        dict(content=b'"just a string"', headers={"content-type": "application/json"}),
+        dict(content=b"null", headers={"content-type": "application/json"}),
+        dict(content=b"", headers={"content-type": "application/json"}),
+        dict(content=b"question=1", headers={"content-type": "text/plain; charset=utf-8"}),
+        dict(content=b"{}" + b" " * 300_000, headers={"content-type": "application/json"}),
+    ]
+
+    async def scenario():
+        async with client_for(app_over(runner, max_body_bytes=100_000)) as client:
+            out = []
+            for probe in probes:
+                out.append(await client.post("/v1/solve", **probe))
+                out.append(await client.post("/v1/solve", json={"question": QUESTIONS[0]}))
+            out.append(await client.get("/health"))
+            return out
+
+    replies = run(scenario())
+    for probe, bad in zip(probes, replies[:-1:2]):
+        assert bad.status_code in (413, 415, 422), (probe["content"][:40], bad.status_code, bad.text[:200])
+        assert set(bad.json()["error"]) == {"type", "message", "param"}
+    assert [r.status_code for r in replies[1:-1:2]] == [200] * len(probes)
+    assert replies[-1].status_code == 200
