@@ -243,6 +243,8 @@ def test_every_panel_reads_the_provisioned_datasource():
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels:
         assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel["targets"] and all(t["expr"] for t in panel["targets"]), f"{panel['title']}: no query"
         sources = [panel.get("datasource"), *(t.get("datasource") for t in panel.get("targets", []))]
         assert all(s == {"type": "prometheus", "uid": datasource["uid"]} for s in sources if s), panel["title"]
     for var in board["templating"]["list"]:

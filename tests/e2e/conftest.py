@@ -1,6 +1,7 @@
 """End-to-end fixtures, shared by every test here (one server and one Prometheus per session,
-started only when a test asks for them): `kava serve` in its own process over a tiny adapter,
-and a real Prometheus scraping it with the compose stack's own scrape config."""
+started only when a test asks for them): `kava serve` in its own process, configured the way
+the compose stack configures its container, and a real Prometheus scraping it with the
+stack's own scrape config."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,17 +20,32 @@ from tiny import make_model
 from kava.adapters import save_adapter
 
 
+def container_env(models: Path, port: int) -> dict[str, str]:
+    """The variables kava.env sets (KAVA_ADAPTER_DIR pointing at `models` instead of /models),
+    with the loopback address and `port` in place of the image's 0.0.0.0:8000."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAVA_")}
+    for line in (ROOT / "kava.env").read_text().splitlines():
+        if line.startswith("KAVA_"):
+            name, _, value = line.partition("=")
+            env[name] = value
+    assert env.get("KAVA_ADAPTER_DIR") == "/models", "kava.env no longer serves /models"
+    env.update(KAVA_ADAPTER_DIR=str(models), KAVA_HOST="127.0.0.1", KAVA_PORT=str(port), KAVA_DEVICE="cpu")
+    env.update(KAVA_LOG_LEVEL="warning", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.update(HF_HUB_OFFLINE="1")
+    return env
+
+
 @pytest.fixture(scope="session")
 def kava_server(tiny_bases, tmp_path_factory) -> Iterator[str]:
-    """`kava serve` over a tiny adapter on a free loopback port, started the way a person
-    starts it (`python -m kava_cli.main serve --adapter tiny=PATH`); yields its base URL."""
+    """`kava serve` with no arguments (the image's entry point) and kava.env's variables, over
+    a models directory holding two tiny adapters, `tiny` (the default: first by name) and
+    `tiny-b`, on a free loopback port; yields its base URL."""
     root = tmp_path_factory.mktemp("e2e-kava")
-    adapter = save_adapter(make_model(tiny_bases["llama"], seed=1), root / "tiny")
+    save_adapter(make_model(tiny_bases["llama"], seed=1), root / "models" / "tiny")
+    save_adapter(make_model(tiny_bases["llama"], seed=2), root / "models" / "tiny-b")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAVA_")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "kava_cli.main", "serve", "--adapter", f"tiny={adapter}"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    env = container_env(root / "models", port)
+    cmd = [sys.executable, "-m", "kava_cli.main", "serve"]
     log = root / "kava-serve.log"
     proc = start(cmd, log, env)
     url = f"http://127.0.0.1:{port}"

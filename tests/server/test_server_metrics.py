@@ -121,6 +121,21 @@ def test_each_request_reports_its_forward_passes(runner):
         )
 
 
+def test_the_request_counter_names_the_adapter_that_served(runner):
+    async def scenario():
+        async with client_for(app_over(runner)) as client:
+            assert (await client.post("/v1/solve", json={"question": QUESTIONS[0]})).status_code == 200
+            unknown = await client.post("/v1/solve", json={"question": QUESTIONS[0], "adapter": "nope"})
+            assert unknown.status_code == 404
+            return (await client.get("/metrics")).text
+
+    families = _families(run(scenario()))
+    served = _value(families, "kava_requests", "kava_requests_total", outcome="ok", mode="latent", adapter="tiny")
+    assert served == 1, "the solve handler passes the adapter that served to record_outcome"
+    # a name that is not loaded never becomes a label value (label values must stay few)
+    assert "nope" not in _adapters_in(families)
+
+
 def test_time_buckets_start_below_a_millisecond_and_reach_the_longest_deadline():
     assert TIME_BUCKETS[0] < 0.001 and TIME_BUCKETS == sorted(TIME_BUCKETS)
     ratios = {round(b / a, 2) for a, b in zip(TIME_BUCKETS, TIME_BUCKETS[1:])}
@@ -216,7 +231,7 @@ def _dashboard_metrics() -> set[str]:
     exprs = []
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         exprs += [t["expr"] for t in panel.get("targets", [])]
-    names = set(re.findall(r"\b((?:kava|process|python)_[a-z_]+)", " ".join(exprs)))
+    names = set(re.findall(r"\b((?:kava|process|python)_[a-z0-9_]+)", " ".join(exprs)))
     return {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in names}
 
 
