@@ -209,7 +209,8 @@ def test_unloading_through_the_api_removes_the_adapters_series(runner, other_ada
     runner.add_adapter("other", other_adapter_dir)  # before the engine thread exists
 
     async def scenario():
-        async with client_for(app_over(runner)) as client:
+        # unloading at run time is on only with an adapter root
+        async with client_for(app_over(runner, adapter_roots=(other_adapter_dir.parent,))) as client:
             r = await client.post("/v1/solve", json={"question": QUESTIONS[2], "adapter": "other"})
             assert r.status_code == 200, r.text
             loaded = (await client.get("/metrics")).text
