@@ -2,7 +2,9 @@
 
 L = w_s CE_student + w_t CE_teacher + a1 L_CODI + a2 L_KV. Owns the four terms and the
 teacher/student passes that feed them; the student's latent phase is the same code the
-server runs (`kava.latent`). Does not own optimisation, data or logging.
+server runs (`kava.latent`). A curriculum batch (`encode_training_batch(written_from=k)`)
+runs through the same step: its student suffix carries the still-written steps and its
+`kv_cot_mask` the replaced ones. Does not own optimisation, data or logging.
 """
 
 from __future__ import annotations
@@ -153,7 +155,8 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
         s_h = [h[rows, batch.student_codi_pos] for h in s_out.hidden_states]
         codi = codi_loss(s_h, t_h, kind=cfg.codi_loss, layerwise_std=cfg.codi_layerwise_std)
 
-    # 4. KV: last-iteration latent K/V vs the R-KV-compressed teacher CoT K/V
+    # 4. KV: last-iteration latent K/V vs the R-KV-compressed teacher CoT K/V (under a curriculum,
+    #    the CoT of the steps the latents replace: `kv_cot_mask`)
     kv = zero
     if need_kv:
         with torch.no_grad():
@@ -161,7 +164,7 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
             tk, tv = _stack_kv(t_kv, slice(None))
             attn = answer_attention(t_out.attentions, batch.answer_mask) if need_attn else None
             comp = compress_teacher_kv(
-                tk, tv, batch.cot_mask, attn, budget=m, lam=cfg.eviction_lambda, variant=cfg.eviction
+                tk, tv, batch.kv_cot_mask, attn, budget=m, lam=cfg.eviction_lambda, variant=cfg.eviction
             )
         sk, sv = _stack_kv(student_kv, slice(None))  # (B, Λ, Hkv, M, d)
         kv = kv_loss(

@@ -1,10 +1,11 @@
 """How examples become token sequences for the two modes (METHOD.md §1).
 
 Owns the text layout (`Q C P A <eos>` for the teacher, `Q <bot> z.. <eot> P A <eos>` for
-the student), the special-token ids, and padding into batches: left padding for anything
-that is decoded from (prefixes), right padding for teacher-forced tails. Each segment is
-tokenised on its own and the ids are concatenated, so a segment's tokens never depend on
-its neighbours. Does not own the model or any forward pass.
+the student, and under a training curriculum `Q <bot> z.. <eot> C_{k+1..n} P A <eos>`),
+the special-token ids, and padding into batches: left padding for anything that is decoded
+from (prefixes), right padding for teacher-forced tails. Each segment is tokenised on its
+own and the ids are concatenated, so a segment's tokens never depend on its neighbours.
+Does not own the model, any forward pass, or when a curriculum moves on (`training/`).
 """
 
 from __future__ import annotations
@@ -53,12 +54,20 @@ class TokenIds:
 
 
 # 1. Text segments -----------------------------------------------------------------------
+def trace_steps(steps: Sequence[str], config: MethodConfig) -> list[str]:
+    """The steps C is made of: none without a trace, the last one dropped when the config says so."""
+    if not config.uses_trace:
+        return []
+    return list(steps[:-1]) if config.drop_last_step and len(steps) > 1 else list(steps)
+
+
+def steps_text(steps: Sequence[str]) -> str:
+    return (" " + " ".join(s.strip() for s in steps)) if steps else ""
+
+
 def trace_text(steps: Sequence[str], config: MethodConfig) -> str:
     """The CoT segment C, with the last step dropped when the config says so."""
-    if not config.uses_trace:
-        return ""
-    kept = list(steps[:-1]) if config.drop_last_step and len(steps) > 1 else list(steps)
-    return (" " + " ".join(s.strip() for s in kept)) if kept else ""
+    return steps_text(trace_steps(steps, config))
 
 
 def prompt_text(config: MethodConfig) -> str:
@@ -154,8 +163,9 @@ class TrainBatch:
     cot_mask: torch.Tensor  # (B, Lt) bool: positions of C
     answer_mask: torch.Tensor  # (B, Lt) bool: positions of P A (the queries R-KV scores with)
     teacher_codi_pos: torch.Tensor  # (B,) position predicting the first answer digit
+    kv_cot_mask: torch.Tensor  # (B, Lt) bool: the C positions KV distillation compresses (curriculum: first k steps)
     prefix: PrefixBatch  # (B, Lq) `Q <bot>`
-    suffix_ids: torch.Tensor  # (B, La) `<eot> P A <eos>`
+    suffix_ids: torch.Tensor  # (B, La) `<eot> P A <eos>`, or `<eot> C_{k+1..n} P A <eos>` in curriculum stage k
     suffix_mask: torch.Tensor  # (B, La)
     suffix_labels: torch.Tensor  # (B, La)
     student_codi_pos: torch.Tensor  # (B,) the same position, counted in the suffix
@@ -223,11 +233,51 @@ def encode_teacher(tokenizer, examples: Sequence[Example], config: MethodConfig,
     return TeacherBatch(ids, mask, _shifted_labels(rows, starts, ids.shape[1]), cot_mask, answer_mask, codi_pos)
 
 
-def encode_training_batch(tokenizer, examples: Sequence[Example], config: MethodConfig, ids: TokenIds) -> TrainBatch:
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_training_batch(
+    tokenizer,
+    examples: Sequence[Example],
+    config: MethodConfig,
+    ids: TokenIds,
+    *,
+    written_from: int | None = None,
+) -> TrainBatch:
+    """Both modes' rows for one training step.
+
+    `written_from=k` is curriculum stage k (Coconut/iCoT-style): the student still writes
+    the trace steps k+1..n after `<eot>` (`Q <bot> z_1..z_M <eot> C_{k+1..n} P A <eos>`,
+    CE on all of it), its CODI position moves right by their length, and KV distillation
+    compresses only the teacher's tokens of steps 1..k, the ones the latents replace. n
+    counts the trace's steps (after `drop_last_step`); a row with n <= k is the plain
+    format. `None` (the default) is the plain KaVa objective. The teacher rows never change.
+    """
+    if written_from is not None and (not isinstance(written_from, int) or written_from < 0):
+        raise ValueError(f"written_from={written_from!r}: must be an integer >= 0 (steps replaced by latents) or None")
     teacher = encode_teacher(tokenizer, examples, config, ids.eos, ids.pad)
     p_ids = prompt_ids(tokenizer, config)
     answers = [_ids(tokenizer, answer_text(ex.answer)) for ex in examples]
-    suffix_rows = [[ids.eot] + p_ids + a + [ids.eos] for a in answers]
+    kv_cot_mask = teacher.cot_mask.clone()
+    written: list[list[int]] = [[] for _ in examples]
+    if written_from is not None:
+        for b, ex in enumerate(examples):
+            steps = trace_steps(ex.steps, config)
+            written[b] = _ids(tokenizer, steps_text(steps[written_from:]))
+            if written_from < len(steps):
+                # the first k steps' tokens inside C, tokenised as C was (one segment); a token
+                # straddling the boundary would belong to both, so the common prefix leaves it out
+                c = _ids(tokenizer, steps_text(steps))
+                n_first = _common_prefix(_ids(tokenizer, steps_text(steps[:written_from])), c)
+                c0 = int(teacher.cot_mask[b].long().argmax()) if teacher.cot_mask[b].any() else 0
+                kv_cot_mask[b, c0 + n_first :] = False
+    suffix_rows = [[ids.eot] + w + p_ids + a + [ids.eos] for w, a in zip(written, answers)]
     s_ids, s_mask = pad_right(suffix_rows, ids.pad)
     return TrainBatch(
         teacher_ids=teacher.ids,
@@ -236,9 +286,12 @@ def encode_training_batch(tokenizer, examples: Sequence[Example], config: Method
         cot_mask=teacher.cot_mask,
         answer_mask=teacher.answer_mask,
         teacher_codi_pos=teacher.codi_pos,
+        kv_cot_mask=kv_cot_mask,
         prefix=encode_prefixes(tokenizer, [ex.question for ex in examples], ids, with_bot=True),
         suffix_ids=s_ids,
         suffix_mask=s_mask,
         suffix_labels=_shifted_labels(suffix_rows, [1] * len(suffix_rows), s_ids.shape[1]),
-        student_codi_pos=torch.tensor([len(p_ids) + codi_offset(tokenizer, a) for a in answers]),
+        student_codi_pos=torch.tensor(
+            [len(w) + len(p_ids) + codi_offset(tokenizer, a) for w, a in zip(written, answers)]
+        ),
     )

@@ -3,7 +3,8 @@
 Owns the file format, `a.b=value` overrides and validation that happens before any model
 loads (unknown fields, out-of-range values, missing data files — every problem at once).
 The method and LoRA sections are `kava.config`'s dataclasses; the optimizer section is
-the trainer's `OptimSettings`.
+the trainer's `OptimSettings`; the curriculum section is `training.curriculum`'s
+`CurriculumSettings` (a training schedule, so not part of the adapter's MethodConfig).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from kava.config import ConfigError, LoraSettings, MethodConfig
+from training.curriculum import CurriculumSettings
 from training.trainer import OptimSettings
 
 
@@ -50,6 +52,7 @@ class TrainConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     data: DataSettings = field(default_factory=DataSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    curriculum: CurriculumSettings = field(default_factory=CurriculumSettings)  # off unless stages >= 1
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -63,6 +66,7 @@ SECTIONS = {
     "optim": OptimSettings,
     "data": DataSettings,
     "eval": EvalSettings,
+    "curriculum": CurriculumSettings,
 }
 
 
@@ -146,6 +150,13 @@ def build_config(raw: dict[str, Any]) -> TrainConfig:
         bad_modes = [m for m in kwargs["eval"].modes if m not in ("latent", "cot")]
         if bad_modes:
             problems.append(f"eval.modes={list(kwargs['eval'].modes)}: each must be 'latent' or 'cot'")
+    if "curriculum" in kwargs and "method" in kwargs:
+        cur, method = kwargs["curriculum"], kwargs["method"]
+        if cur.enabled and not method.uses_latents:
+            problems.append(
+                f"curriculum.stages={cur.stages}: objective {method.objective!r} has no latents to replace steps "
+                "with; use method.objective=kava|pccot|codi or curriculum.stages=0"
+            )
     if problems:
         raise ConfigError("invalid training config:\n  - " + "\n  - ".join(problems))
     return TrainConfig(**kwargs)

@@ -1,8 +1,10 @@
 """One training run from a TrainConfig: data, model, objective, trainer, adapter, evaluation.
 
 Every objective (kava, pccot, codi, cot, nocot) goes through the same path; the method
-config decides which loss terms exist (`kava.losses.training_step`). The final adapter is
-written to `<output_dir>/adapter` in the format the server loads.
+config decides which loss terms exist (`kava.losses.training_step`). With a curriculum
+(`curriculum.stages >= 1`) each step's batch is encoded for that step's stage
+(`training.curriculum`). The final adapter is written to `<output_dir>/adapter` in the
+format the server loads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kava.backbone import build_model, resolve_device
 from kava.losses import training_step
 from kava.prompts import encode_training_batch
 from training.config import TrainConfig
+from training.curriculum import Curriculum, stage_accuracy
 from training.data.sampler import EpochSampler
 from training.data.task import resolve_examples
 from training.evaluate import evaluate
@@ -69,10 +72,30 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = T
     log.info("trainable parameters: %d", n_train)
     sampler = EpochSampler(len(train_ex), cfg.optim.seed)
     mbs = cfg.optim.micro_batch_size
+    curriculum = None
+    if cfg.curriculum.enabled:
+        cur = cfg.curriculum
+
+        def gate() -> float:
+            return stage_accuracy(
+                model, eval_ex, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.cot_max_new_tokens
+            )
+
+        curriculum = Curriculum(cur, evaluate=gate if cur.gated else None)
+        if cur.stages * cur.steps_per_stage >= cfg.optim.max_steps:
+            log.warning(
+                "curriculum: %d stages x %d steps >= optim.max_steps=%d; the plain objective may never train",
+                cur.stages,
+                cur.steps_per_stage,
+                cfg.optim.max_steps,
+            )
 
     def batch_fn(micro: int, rank: int, world: int):
         idx = sampler.indices(micro * mbs, mbs)[rank::world]
-        batch = encode_training_batch(model.tokenizer, [train_ex[i] for i in idx], model.config, model.ids)
+        written_from = curriculum.written_from(micro // cfg.optim.grad_accum) if curriculum else None
+        batch = encode_training_batch(
+            model.tokenizer, [train_ex[i] for i in idx], model.config, model.ids, written_from=written_from
+        )
         return batch.to(device)
 
     calls = 0
@@ -108,6 +131,14 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = T
 
     use_eval = cfg.eval.final or cfg.optim.eval_every > 0
     trainer = Trainer(
-        model, loss_fn, batch_fn, cfg.optim, out, eval_fn=eval_fn if use_eval else None, save_fn=save_fn, device=device
+        model,
+        loss_fn,
+        batch_fn,
+        cfg.optim,
+        out,
+        eval_fn=eval_fn if use_eval else None,
+        save_fn=save_fn,
+        device=device,
+        schedule=curriculum,
     )
     return trainer.fit(stop_after=stop_after)

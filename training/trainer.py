@@ -5,7 +5,9 @@ Generic over what is trained: it takes the module (its `requires_grad` parameter
 optimised), a loss function returning the total and its components, and a batch function
 that is a pure function of (micro-batch index, rank) so resuming replays the data exactly.
 Multi-GPU runs under `torchrun`: each rank takes its share of every global batch and
-gradients are all-reduced before the optimizer step. Does not own models or data formats.
+gradients are all-reduced before the optimizer step. An optional `Schedule` (a curriculum)
+tags each step's log record, may change its state between steps, and is saved with every
+checkpoint. Does not own models or data formats.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -30,6 +32,19 @@ log = logging.getLogger(__name__)
 
 LossFn = Callable[[Any], dict[str, Any]]  # batch -> {"total": tensor, component: float | tensor, ...}
 BatchFn = Callable[[int, int, int], Any]  # (micro-batch index, rank, world size) -> batch on device
+
+
+class Schedule(Protocol):
+    """Training state beyond the optimizer that moves between steps (a curriculum's stage).
+    Its state travels in every checkpoint, so a resumed run continues exactly."""
+
+    def fields(self, step: int) -> dict[str, Any]: ...  # tags optimizer step `step` (0-based) in the log
+
+    def after_step(self, step: int) -> dict[str, Any] | None: ...  # after `step` steps; a record to log
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -104,10 +119,11 @@ class Trainer:
         eval_fn: Callable[[int], dict[str, Any]] | None = None,
         save_fn: Callable[[Path], None] | None = None,
         device: torch.device | None = None,
+        schedule: Schedule | None = None,
     ):
         self.module, self.loss_fn, self.batch_fn, self.s = module, loss_fn, batch_fn, settings
         self.out = Path(out_dir)
-        self.eval_fn, self.save_fn = eval_fn, save_fn
+        self.eval_fn, self.save_fn, self.schedule = eval_fn, save_fn, schedule
         self.device = device or next(module.parameters()).device
         self.params = [p for p in module.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.dim() >= 2]
@@ -130,6 +146,8 @@ class Trainer:
             return False
         state = load_checkpoint(self.checkpoint_dir, self.module, self.optimizer, self.scheduler)
         self.step = state["step"]
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["extra"].get("schedule", {}))
         log.info("resumed from %s at step %d", self.checkpoint_dir, self.step)
         return True
 
@@ -176,7 +194,8 @@ class Trainer:
                 self.optimizer,
                 self.scheduler,
                 self.step,
-                extra={"settings": asdict(self.s)},
+                extra={"settings": asdict(self.s)}
+                | ({"schedule": self.schedule.state_dict()} if self.schedule is not None else {}),
             )
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -190,14 +209,19 @@ class Trainer:
         last: dict[str, Any] = {}
         t0, seen = time.perf_counter(), 0
         while self.step < end:
+            tags = self.schedule.fields(self.step) if self.schedule is not None else {}
             parts = self._optimizer_step()
             seen += self.s.batch_size
             rate = seen / (time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in parts.items() if k != "grad_norm"} | {"ex/s": f"{rate:.1f}"})
             if self.step % self.s.log_every == 0 or self.step == end:
-                last = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **parts, "examples_per_s": rate}
+                lr = self.scheduler.get_last_lr()[0]
+                last = {"step": self.step, "lr": lr, **tags, **parts, "examples_per_s": rate}
                 self._log(last)
+            event = self.schedule.after_step(self.step) if self.schedule is not None else None
+            if event:  # before the save below, so the checkpoint holds the decision
+                self._log({"step": self.step, **event})
             if self.eval_fn and self.s.eval_every and self.step % self.s.eval_every == 0 and self.step < end:
                 self._log({"step": self.step, "eval": self.eval_fn(self.step)})
             if self.step % self.s.save_every == 0 or self.step == end:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import EXAMPLES, TINY_LORA, tiny_method
+from tiny import EXAMPLES, TINY_LORA, perturb_trainables, tiny_method
 
 from kava.backbone import build_model
+from kava.compression import compress_teacher_kv
 from kava.losses import codi_loss, kv_loss, training_step
-from kava.prompts import encode_training_batch
+from kava.prompts import IGNORE, encode_training_batch
 
 
 def _batch(model):
@@ -132,3 +133,89 @@ def test_kv_sum_reduction_is_the_mean_times_layers_heads_and_dims():
     mean = kv_loss(k, v, tk, tv, mask, kind="mse")
     total = kv_loss(k, v, tk, tv, mask, kind="mse", reduction="sum")
     torch.testing.assert_close(total, mean * layers * heads * d)
+
+
+# Curriculum stages ---------------------------------------------------------------------------
+def _stage_batch(model, k, examples=EXAMPLES):
+    return encode_training_batch(model.tokenizer, examples, model.config, model.ids, written_from=k)
+
+
+@pytest.mark.parametrize("objective", ["kava", "codi"])
+def test_a_curriculum_batch_is_padding_correct_row_by_row(tiny_bases, objective):
+    """Each term of a padded stage-1 batch is the right average of the rows run alone: CE terms
+    weighted by supervised tokens, CODI equally, KV by the slots each row's first step fills."""
+    torch.manual_seed(0)
+    cfg = tiny_method(
+        objective=objective, drop_last_step=False, num_iterations=1, codi_layerwise_std=False, kv_layerwise_std=False
+    )
+    model = build_model(tiny_bases["llama"], cfg, TINY_LORA)
+    perturb_trainables(model)
+    model.eval()
+    m = cfg.num_latents
+    with torch.no_grad():
+        whole = training_step(model, _stage_batch(model, 1)).items()
+        rows = []
+        for ex in EXAMPLES:
+            b = _stage_batch(model, 1, [ex])
+            rows.append(
+                (
+                    training_step(model, b).items(),
+                    int((b.suffix_labels != IGNORE).sum()),
+                    int((b.teacher_labels != IGNORE).sum()),
+                    min(int(b.kv_cot_mask.sum()), m),
+                )
+            )
+
+    def avg(term, weight):
+        return sum(r[0][term] * weight(r) for r in rows) / sum(weight(r) for r in rows)
+
+    assert whole["student_ce"] == pytest.approx(avg("student_ce", lambda r: r[1]), rel=1e-5)
+    assert whole["teacher_ce"] == pytest.approx(avg("teacher_ce", lambda r: r[2]), rel=1e-5)
+    assert whole["codi"] == pytest.approx(avg("codi", lambda r: 1), rel=1e-4)
+    if objective == "kava":
+        assert whole["kv"] > 0 and whole["kv"] == pytest.approx(avg("kv", lambda r: r[3]), rel=1e-4)
+
+
+def test_curriculum_kv_compression_sees_only_the_first_k_steps(tiny_bases, monkeypatch):
+    import kava.losses as losses
+
+    seen = []
+
+    def spy(keys, values, cot_mask, attention, **kw):
+        out = compress_teacher_kv(keys, values, cot_mask, attention, **kw)
+        seen.append((cot_mask.clone(), out))
+        return out
+
+    monkeypatch.setattr(losses, "compress_teacher_kv", spy)
+    torch.manual_seed(0)
+    model = build_model(tiny_bases["llama"], tiny_method(drop_last_step=False, num_latents=6), TINY_LORA)
+    for k in (1, 2, 5):
+        batch = _stage_batch(model, k)
+        training_step(model, batch)
+        cot, comp = seen[-1]
+        assert torch.equal(cot, batch.kv_cot_mask)
+        n_first = batch.kv_cot_mask.sum(-1)  # (B,) tokens of the first k steps
+        assert torch.equal(comp.slot_mask.sum(-1), n_first.clamp(max=6))
+        for b in range(len(EXAMPLES)):
+            picked = comp.indices[b][:, :, comp.slot_mask[b]]  # (Λ, Hkv, valid)
+            assert batch.kv_cot_mask[b][picked].all(), (k, b)  # every kept entry lies in steps 1..k
+            if k >= len(EXAMPLES[b].steps):
+                assert torch.equal(batch.kv_cot_mask[b], batch.cot_mask[b])
+
+
+@pytest.mark.parametrize("objective", ["kava", "pccot", "codi"])
+def test_a_few_curriculum_steps_lower_the_loss(tiny_bases, objective):
+    torch.manual_seed(0)
+    model = build_model(tiny_bases["llama"], tiny_method(objective=objective, drop_last_step=False), TINY_LORA).train()
+    batch = _stage_batch(model, 1)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        out = training_step(model, batch)
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+        losses.append(out.total.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert out.items()["student_ce"] > 0 and out.items()["codi"] > 0

@@ -138,3 +138,88 @@ def test_gradient_shares_are_logged_and_sum_to_one(tiny_bases, tmp_path):
     for r in measured:
         shares = [r[f"grad_share_{k}"] for k in ("student_ce", "teacher_ce", "codi", "kv")]
         assert abs(sum(shares) - 1) < 1e-6 and all(0 < s < 1 for s in shares), shares
+
+
+# Curriculum ------------------------------------------------------------------------------
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_curriculum_config_is_validated_and_recorded(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        build_config({"curriculum": {"stages": 2, "steps_per_stage": 0}})
+    assert "curriculum.steps_per_stage=0" in str(err.value)
+    with pytest.raises(ConfigError, match="curriculum.stages=2: objective 'cot'"):
+        build_config({"method": {"objective": "cot"}, "curriculum": {"stages": 2, "steps_per_stage": 5}})
+    with pytest.raises(ConfigError, match="curriculum.bogus"):
+        build_config({"curriculum": {"bogus": 1}})
+    assert not build_config({}).curriculum.enabled  # off by default
+    gate = ["curriculum.stages=3", "curriculum.steps_per_stage=400", "curriculum.advance_at=5e-1"]
+    with pytest.raises(ConfigError, match="curriculum.max_steps_per_stage=0: with advance_at set"):
+        load_config(None, gate)
+    cfg = load_config(None, [*gate, "curriculum.max_steps_per_stage=2000"])
+    assert cfg.curriculum.gated and cfg.curriculum.advance_at == 0.5
+    assert cfg.to_dict()["curriculum"] == {
+        "stages": 3,
+        "steps_per_stage": 400,
+        "advance_at": 0.5,
+        "gate_every": 0,
+        "max_steps_per_stage": 2000,
+    }
+
+
+def test_curriculum_run_logs_stages_and_resumes_exactly_across_a_boundary(tiny_bases, tmp_path):
+    raw = toy_config(
+        tmp_path,
+        tiny_bases["llama"],
+        method={"drop_last_step": False},
+        optim={"max_steps": 6, "save_every": 3},
+        curriculum={"stages": 2, "steps_per_stage": 2},
+        eval={"final": False},
+    )
+    straight = build_config({**raw, "output_dir": str(tmp_path / "a")})
+    train(straight, progress=False)
+    log = _log(tmp_path / "a")
+    assert [r["stage"] for r in log if "total" in r] == [1, 1, 2, 2, 3, 3]
+    assert [(r["step"], r["curriculum"]["next_stage"]) for r in log if "curriculum" in r] == [(2, 2), (4, 3)]
+    recorded = json.loads((tmp_path / "a" / "train_config.json").read_text())
+    assert recorded["curriculum"]["stages"] == 2 and recorded["curriculum"]["steps_per_stage"] == 2
+    split = build_config({**raw, "output_dir": str(tmp_path / "b")})
+    train(split, stop_after=3, progress=False)  # stage 2 began at step 2
+    train(split, progress=False)
+    a = load_adapter(tmp_path / "a" / "adapter").state_dict()
+    b = load_adapter(tmp_path / "b" / "adapter").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+    # the same run without a curriculum trains different weights
+    plain = build_config({**raw, "output_dir": str(tmp_path / "c"), "curriculum": {}})
+    train(plain, progress=False)
+    c = load_adapter(tmp_path / "c" / "adapter").state_dict()
+    assert any(not torch.allclose(a[k], c[k]) for k in a)
+
+
+def test_gated_curriculum_records_its_boundaries_and_resumes_exactly(tiny_bases, tmp_path):
+    # a random tiny model never reaches 100%: every stage runs to its cap, measured each step
+    raw = toy_config(
+        tmp_path,
+        tiny_bases["llama"],
+        method={"drop_last_step": False},
+        optim={"max_steps": 6, "save_every": 3},
+        curriculum={"stages": 2, "steps_per_stage": 1, "advance_at": 1.0, "gate_every": 1, "max_steps_per_stage": 2},
+        eval={"final": False, "cot_max_new_tokens": 4},
+    )
+    straight = build_config({**raw, "output_dir": str(tmp_path / "a")})
+    train(straight, progress=False)
+    log = _log(tmp_path / "a")
+    assert [r["stage"] for r in log if "total" in r] == [1, 1, 2, 2, 3, 3]
+    gates = [(r["step"], r["curriculum"]["advanced"]) for r in log if "curriculum" in r]
+    assert gates == [(1, False), (2, True), (3, False), (4, True)]
+    state = json.loads((tmp_path / "a" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["extra"]["schedule"]["stage_starts"] == [2, 4]
+    split = build_config({**raw, "output_dir": str(tmp_path / "b")})
+    train(split, stop_after=3, progress=False)
+    train(split, progress=False)
+    a = load_adapter(tmp_path / "a" / "adapter").state_dict()
+    b = load_adapter(tmp_path / "b" / "adapter").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
