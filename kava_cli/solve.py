@@ -12,15 +12,17 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from kava_client import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
     APIConnectionError,
     APIStatusError,
     Client,
     KavaError,
+    Mode,
     SolveResponse,
 )
 
@@ -53,11 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=None, help=f"server base URL (default: $KAVA_BASE_URL or {DEFAULT_BASE_URL})")
     parser.add_argument("--api-key", default=None, help="API key sent as a bearer token (default: $KAVA_API_KEY)")
     parser.add_argument("--adapter", default=None, help="adapter name (default: the server's default adapter)")
-    parser.add_argument("--mode", choices=("latent", "cot"), default="latent", help="latent reasoning or written CoT")
+    parser.add_argument("--mode", choices=get_args(Mode), default="latent", help="latent reasoning or written CoT")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=None, help="cap on generated tokens")
     parser.add_argument("--num-iterations", type=_non_negative_int, default=None, help="override T (Jacobi passes)")
     parser.add_argument("--json", dest="as_json", action="store_true", help="print the full response as JSON")
-    parser.add_argument("--timeout", type=_positive_float, default=None, help="seconds per attempt (default: 60)")
+    parser.add_argument(
+        "--timeout", type=_positive_float, default=None, help=f"seconds per attempt (default: {DEFAULT_TIMEOUT.read:g})"
+    )
     parser.add_argument(
         "--max-retries",
         type=_non_negative_int,

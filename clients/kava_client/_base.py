@@ -1,15 +1,18 @@
 """What `Client` and `AsyncClient` share: settings, request building and response decoding.
 
 Owns the `KAVA_BASE_URL` / `KAVA_API_KEY` fallbacks, headers (auth, `X-Request-Id`, user
-agent), per-call timeouts, the request bodies of each route, and turning an `httpx.Response`
-into a typed value or a typed exception. Does not do I/O (the twins send and sleep) and does
-not decide retries (`_retry.py`).
+agent, the caller's `default_headers`), per-call timeouts, `with_options` (a copy with some
+options changed that shares the connection pool, as in openai-python), the request bodies of
+each route, and turning an `httpx.Response` into a typed value or a typed exception. Does not
+do I/O (the twins send and sleep) and does not decide retries (`_retry.py`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import uuid
+from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -29,17 +32,24 @@ from kava_client.types import Mode
 __version__ = "0.1.0"
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)  # a solve may queue; connecting should not take long
+# Longer than the server's default deadline (KAVA_REQUEST_TIMEOUT_S = 120 s): a slow solve ends
+# with the server's 504, instead of the client giving up while the server still works on it and
+# sending it again. Connecting should not take long.
+DEFAULT_TIMEOUT = httpx.Timeout(180.0, connect=5.0)
 DEFAULT_MAX_RETRIES = 2
 BASE_URL_ENV = "KAVA_BASE_URL"
 API_KEY_ENV = "KAVA_API_KEY"
 
 TimeoutTypes = float | httpx.Timeout
 M = TypeVar("M", bound=BaseModel)
+C = TypeVar("C", bound="BaseClient")
+NOT_GIVEN: Any = object()  # with_options: "keep this option" (None means "no timeout")
 
 
 class BaseClient:
     """Settings and pure helpers of both clients; subclasses add the transport."""
+
+    _owns_http: bool
 
     def __init__(
         self,
@@ -47,16 +57,41 @@ class BaseClient:
         api_key: str | None,
         timeout: TimeoutTypes | None,
         max_retries: int,
+        default_headers: Mapping[str, str] | None = None,
     ) -> None:
-        url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"base_url={url!r}: must start with http:// or https:// (pass base_url= or set {BASE_URL_ENV})"
-            )
-        self.base_url = url.rstrip("/")
+        self.base_url = _base_url(base_url)
         self.api_key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
         self.timeout = _as_timeout(timeout)
         self._retry = RetryPolicy(max_retries=max_retries)
+        self.default_headers: dict[str, str] = dict(default_headers or {})
+
+    def with_options(
+        self: C,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: TimeoutTypes | None = NOT_GIVEN,
+        max_retries: int | None = None,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> C:
+        """A copy of this client with the given options changed; it shares this client's
+        connection pool (closing the copy leaves the pool open). `default_headers` are merged
+        over the current ones.
+
+            client.with_options(timeout=600, max_retries=0).solve("...")
+        """
+        clone = copy.copy(self)
+        clone._owns_http = False
+        if base_url is not None:
+            clone.base_url = _base_url(base_url)
+        if api_key is not None:
+            clone.api_key = api_key
+        if timeout is not NOT_GIVEN:
+            clone.timeout = _as_timeout(timeout)
+        if max_retries is not None:
+            clone._retry = RetryPolicy(max_retries=max_retries)
+        clone.default_headers = {**self.default_headers, **(default_headers or {})}
+        return clone
 
     @property
     def max_retries(self) -> int:
@@ -69,10 +104,11 @@ class BaseClient:
         headers = {
             "Accept": "application/json",
             "User-Agent": f"kava-client/{__version__} python-httpx/{httpx.__version__}",
-            REQUEST_ID_HEADER: request_id,
         }
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(self.default_headers)
+        headers[REQUEST_ID_HEADER] = request_id
         return headers
 
     def _build_request(
@@ -180,6 +216,15 @@ def adapter_path(name: str) -> str:
     if not name:
         raise ValueError("adapter name is empty: pass the name shown by models()")
     return "/v1/adapters/" + quote(name, safe="")
+
+
+def _base_url(base_url: str | None) -> str:
+    url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"base_url={url!r}: must start with http:// or https:// (pass base_url= or set {BASE_URL_ENV})"
+        )
+    return url.rstrip("/")
 
 
 def _as_timeout(timeout: TimeoutTypes | None) -> httpx.Timeout:

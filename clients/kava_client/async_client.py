@@ -12,6 +12,7 @@ sleeping are awaited. Settings, bodies, parsing, error mapping and the retry pol
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -47,9 +48,10 @@ class AsyncClient(BaseClient):
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: httpx.AsyncClient | None = None,
         *,
+        default_headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, timeout, max_retries)
+        super().__init__(base_url, api_key, timeout, max_retries, default_headers)
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both (give the transport to your http_client)")
         self._owns_http = http_client is None

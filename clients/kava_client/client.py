@@ -12,6 +12,7 @@ through `_base.py` and `_retry.py`, so the two stay method-for-method twins.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -39,10 +40,11 @@ class Client(BaseClient):
 
     `base_url` defaults to `$KAVA_BASE_URL` then http://127.0.0.1:8000; `api_key` to
     `$KAVA_API_KEY` (sent as `Authorization: Bearer`). `timeout` (seconds or `httpx.Timeout`;
-    None = none) applies per attempt and can be overridden on each call;
-    `max_retries` retries connection errors, timeouts, 408, 429 and 5xx (not 501).
-    Pass `http_client` (which you then close) or `transport` (e.g. `httpx.MockTransport`)
-    to control the connection.
+    None = none; default 180 s, past the server's 120 s deadline) applies per attempt and can be
+    overridden on each call; `max_retries` retries connection errors, timeouts, 408, 429 and 5xx
+    (not 501). `default_headers` go on every request. `with_options(...)` returns a copy with
+    some of these changed that shares the connection pool. Pass `http_client` (which you then
+    close) or `transport` (e.g. `httpx.MockTransport`) to control the connection.
     """
 
     def __init__(
@@ -53,9 +55,10 @@ class Client(BaseClient):
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: httpx.Client | None = None,
         *,
+        default_headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, timeout, max_retries)
+        super().__init__(base_url, api_key, timeout, max_retries, default_headers)
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both (give the transport to your http_client)")
         self._owns_http = http_client is None

@@ -13,6 +13,7 @@ decide whether a failure is retried; `_retry.py` does.
         ├── AuthenticationError       401
         ├── PermissionDeniedError     403
         ├── NotFoundError             404
+        ├── ConflictError             409
         ├── UnprocessableEntityError  422
         ├── RateLimitError            429
         ├── InternalServerError       500 and any other 5xx
@@ -35,6 +36,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ConflictError",
     "GatewayTimeoutError",
     "InternalServerError",
     "KavaError",
@@ -142,6 +144,11 @@ class NotFoundError(APIStatusError):
     """404: unknown route or unknown adapter."""
 
 
+class ConflictError(APIStatusError):
+    """409: the request clashes with the server's state (an adapter name already loaded, or
+    unloading the adapter that owns the base model). Not retried: the state has to change first."""
+
+
 class UnprocessableEntityError(APIStatusError):
     """422: the body failed validation; `param` names the field and `message` the limit."""
 
@@ -167,6 +174,7 @@ STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     401: AuthenticationError,
     403: PermissionDeniedError,
     404: NotFoundError,
+    409: ConflictError,
     422: UnprocessableEntityError,
     429: RateLimitError,
     503: ServiceUnavailableError,

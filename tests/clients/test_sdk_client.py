@@ -10,6 +10,8 @@ import httpx
 import pytest
 from kava_client import AsyncClient, Client, NotFoundError, SolveResponse
 
+from server.settings import Settings
+
 
 def test_solve_sends_only_the_given_knobs_and_parses_the_response(twin, server, solve_ok):
     fake = server(solve_ok(latents=[["5", "+"], ["3"]], engine="v2"))
@@ -91,7 +93,9 @@ def test_timeouts_per_client_and_per_call(twin, server, solve_ok):
     twin.call(fake, "solve", "q", client={"timeout": 7}, timeout=2.5)
     twin.call(fake, "solve", "q", client={"timeout": None})
     seen = [r.extensions["timeout"] for r in fake.requests]
-    assert seen[0] == {"connect": 5.0, "read": 60.0, "write": 60.0, "pool": 60.0}
+    assert seen[0] == {"connect": 5.0, "read": 180.0, "write": 180.0, "pool": 180.0}
+    # longer than the server's deadline: a slow solve ends in the server's 504, not in a re-send
+    assert seen[0]["read"] > Settings.model_fields["request_timeout_s"].default
     assert seen[1]["read"] == 7.0
     assert seen[2] == {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}
     assert seen[3] == {"connect": None, "read": None, "write": None, "pool": None}
@@ -208,6 +212,9 @@ def test_repr_hides_the_api_key():
     assert "sk-secret" not in repr(Client(api_key="sk-secret"))
 
 
+SYNC_ON_BOTH = {"with_options"}
+
+
 def test_the_clients_are_twins():
     def public(cls: type) -> dict[str, inspect.Signature]:
         return {
@@ -220,5 +227,48 @@ def test_the_clients_are_twins():
     assert sync.keys() == async_.keys() >= {"solve", "models", "health", "ready", "load_adapter", "unload_adapter"}
     for name in sync:
         assert list(sync[name].parameters) == list(async_[name].parameters), name
-        assert inspect.iscoroutinefunction(getattr(AsyncClient, name)), name
+        # every call to the server is a coroutine on AsyncClient; copying a client is not a call
+        assert inspect.iscoroutinefunction(getattr(AsyncClient, name)) == (name not in SYNC_ON_BOTH), name
     assert list(inspect.signature(Client).parameters) == list(inspect.signature(AsyncClient).parameters)
+
+
+def test_default_headers_go_on_every_request(twin, server, solve_ok):
+    fake = server(solve_ok())
+    twin.call(fake, "solve", "q", client={"default_headers": {"X-Team": "math", "User-Agent": "mine/1"}})
+    headers = fake.requests[0].headers
+    assert headers["x-team"] == "math" and headers["user-agent"] == "mine/1"
+    assert headers["x-request-id"]  # still one per request
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_with_options_copies_and_shares_the_pool(cls):
+    base = cls(base_url="http://a:1", api_key="k", default_headers={"X-A": "1"})
+    other = base.with_options(timeout=600, max_retries=0, default_headers={"X-B": "2"}, base_url="http://b:2")
+    assert type(other) is cls and other._http is base._http
+    assert (other.base_url, other.max_retries, other.timeout.read) == ("http://b:2", 0, 600.0)
+    assert other.default_headers == {"X-A": "1", "X-B": "2"} and other.api_key == "k"
+    assert (base.base_url, base.max_retries, base.timeout.read, base.default_headers) == (
+        "http://a:1",
+        2,
+        180.0,
+        {"X-A": "1"},
+    )
+    assert base.with_options(timeout=None).timeout.read is None
+    with pytest.raises(ValueError, match="base_url"):
+        base.with_options(base_url="nope")
+    if cls is Client:
+        other.close()  # the copy does not own the pool
+        assert not base._http.is_closed
+        base.close()
+        assert base._http.is_closed
+
+
+def test_with_options_sends_with_the_new_options(twin, server, solve_ok):
+    fake = server(solve_ok())
+    transport = httpx.MockTransport(fake)
+    with Client(transport=transport, api_key="k") as client:
+        client.with_options(api_key="other", default_headers={"X-Trace": "t1"}).solve("q", timeout=3)
+        client.solve("q")
+    first, second = fake.requests
+    assert first.headers["authorization"] == "Bearer other" and first.headers["x-trace"] == "t1"
+    assert second.headers["authorization"] == "Bearer k" and "x-trace" not in second.headers

@@ -44,7 +44,8 @@ PER_CALL = {"timeout", "request_id"}  # SDK-side arguments, never part of a body
 
 @pytest.fixture(scope="module")
 def spec() -> Schema:
-    settings = Settings(adapters=["tiny=/nowhere/tiny"], warmup=False)  # never loaded: no lifespan runs
+    # never loaded: no lifespan runs; a key, so the document declares the 401 as well
+    settings = Settings(adapters=["tiny=/nowhere/tiny"], warmup=False, api_key="k")
     return create_app(settings).openapi()
 
 
@@ -448,3 +449,14 @@ def test_the_checker_finds_mismatches(spec):
     request = resolve(spec, spec["paths"]["/v1/solve"]["post"]["requestBody"]["content"]["application/json"]["schema"])
     bad = object_problems(spec, request, {"question": "q", "mode": "fast", "temperature": 0.1}, "body")
     assert any("mode='fast'" in p for p in bad) and any("'temperature'" in p for p in bad)
+
+
+def test_the_sdk_speaks_the_servers_modes(spec):
+    """One vocabulary: kava.config.MODES on the server, the SDK's Mode, the OpenAPI enum."""
+    from typing import get_args
+
+    from kava.config import MODES
+
+    assert get_args(kava_client.Mode) == MODES
+    mode = resolve(spec, spec["components"]["schemas"]["SolveRequest"]["properties"]["mode"])
+    assert tuple(mode["enum"]) == MODES

@@ -23,7 +23,9 @@ from kava_client import (
     AsyncClient,
     AuthenticationError,
     Client,
+    ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     UnprocessableEntityError,
 )
 from tiny import make_model
@@ -65,8 +67,8 @@ def _serve(adapter_dir: Path, **overrides: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def base_url(adapter_dir) -> Iterator[str]:
-    yield from _serve(adapter_dir)
+def base_url(adapter_dir, other_adapter_dir) -> Iterator[str]:
+    yield from _serve(adapter_dir, adapter_roots=[other_adapter_dir.parent])
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +163,22 @@ def test_load_solve_with_it_unload_then_not_found(sdk, other_adapter_dir):
     assert info.value.request_id == sdk.last_id == f"gone-{sdk.kind}"
     with pytest.raises(NotFoundError):
         sdk("unload_adapter", name)
+
+
+def test_a_taken_name_is_a_conflict_error(sdk, other_adapter_dir):
+    with pytest.raises(ConflictError) as info:
+        sdk("load_adapter", "tiny", str(other_adapter_dir))
+    assert info.value.status == 409 and info.value.param == "name"
+    with pytest.raises(ConflictError, match="owns the base"):
+        sdk("unload_adapter", "tiny")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_loading_is_refused_without_an_adapter_root(kind, keyed_url, other_adapter_dir):
+    sdk = Live(kind, keyed_url)
+    with pytest.raises(PermissionDeniedError) as info:
+        sdk("load_adapter", "x", str(other_adapter_dir), api_key=API_KEY)
+    assert info.value.status == 403 and "--adapter-root" in info.value.message
 
 
 def test_oversized_question_is_a_422_naming_the_field_and_limit(sdk):
