@@ -1,14 +1,33 @@
-"""The engine: one thread that owns the model, a bounded queue, and dynamic batching.
+"""The engine: one thread that owns the model, a bounded queue, and iteration-level batching.
 
-Callers (the HTTP handlers, on the event loop) only `submit` jobs, `cancel` them and
-read snapshots; every tensor operation happens on the engine thread, which hands each
-outcome back through the job's `done` callback. A batch forms from the oldest waiting
-job's key (adapter, mode, T) when `max_batch_size` such jobs wait or the oldest has waited
-`max_wait_ms`. Adapter loads/unloads (`call`) run on the same thread between batches.
+Callers (the HTTP handlers, on the event loop) only `submit` jobs, `cancel` them and read
+snapshots; every tensor operation happens on the engine thread, which hands each outcome
+back through the job's `done` callback.
 
-A failing batch fails only its own jobs (`EngineFailure`) and the loop goes on; an
-exception that escapes the loop kills the thread (`alive` turns false, /health 503) and
-fails everything still queued. Stats leave as plain records through `observer`.
+Scheduling is per forward pass (vLLM / TGI continuous batching). The running batch holds
+the jobs of one adapter — latent and CoT, any T, side by side — and each engine step is one
+forward pass over it (`Runner.step`): waiting jobs of that adapter join between passes (up
+to `max_batch_size` rows) and ride their prefill in the next pass while the others run
+their Jacobi iterations or decode; a job that finishes leaves at the end of its pass and
+frees its cache rows; a job that is cancelled (its client went away) or passes its
+`deadline` leaves before the next pass. When the batch is empty, the oldest waiting job's
+adapter starts the next one, once `max_batch_size` of its jobs wait or it has waited
+`max_wait_ms`; a job of another adapter that has waited `max_wait_ms` stops new joins, so
+the batch drains and the adapters take turns. Adapter loads/unloads (`call`) run on the
+same thread between passes.
+
+Per-token hook: a `Job` may carry `on_token(token_id, text)`. The engine thread calls it
+for every answer token right after the pass that sampled it (latent slots are not
+tokens), before the job's `done`; `text` is what the token adds to the answer (empty
+while a multi-byte character is incomplete, and for `<eos>`), so the texts of one job
+concatenate to its answer before `strip()`. The hook must return quickly and hand off to
+its own thread (e.g. `loop.call_soon_threadsafe` into an asyncio.Queue — the shape SSE
+streaming needs); an exception in it is logged and the job goes on.
+
+A failing step fails only the running batch's jobs (`EngineFailure`) and the loop goes on;
+an exception that escapes the loop kills the thread (`alive` turns false, /health 503) and
+fails everything still queued. Stats leave as plain records through `observer`: one
+`BatchRecord` per pass (rows, the phases present, KV held), one `RequestRecord` per job.
 """
 
 from __future__ import annotations
@@ -21,7 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from server.batch import Batch, Job, JobResult
+from server.batch import Batch, Finished, Job, JobResult, StepOutput
 from server.runner import AdapterNotLoaded, Runner
 from server.stats import AdapterInfo, BatchRecord, DeviceMemory, EngineObserver, EngineSnapshot, RequestRecord
 
@@ -52,7 +71,12 @@ class Cancelled(RuntimeError):
     """The job was dropped because its caller gave up (disconnect or deadline)."""
 
 
+class DeadlineExceeded(Cancelled):
+    """The job passed its own `deadline` in the queue or the running batch."""
+
+
 Control = tuple[Callable[[Runner], Any], Future]
+STEP = "step"  # _next's answer: run one pass over the running batch
 
 
 class Engine:
@@ -78,7 +102,7 @@ class Engine:
         self.error: BaseException | None = None
         self._cv = threading.Condition()
         self._waiting: deque[Job] = deque()
-        self._running: list[Job] = []
+        self._batch: Batch | None = None  # the running batch (None or empty: idle)
         self._controls: deque[Control] = deque()
         self._state = "created"
         self._draining = False
@@ -123,7 +147,7 @@ class Engine:
 
     def idle(self) -> bool:
         with self._cv:
-            return not (self._waiting or self._running or self._controls)
+            return not (self._waiting or self._batch or self._controls)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish what is queued, then end the thread (waits at most `timeout` seconds)."""
@@ -152,8 +176,8 @@ class Engine:
             self._cv.notify_all()
 
     def cancel(self, job: Job) -> bool:
-        """Drop a job: out of the queue now (True), or out of its running batch at the
-        next decode step (False)."""
+        """Drop a job: out of the queue now (True), or out of the running batch before
+        the next pass (False)."""
         with self._cv:
             job.cancelled = True
             try:
@@ -163,7 +187,7 @@ class Engine:
             return True
 
     def call(self, fn: Callable[[Runner], Any]) -> Future:
-        """Run `fn(runner)` on the engine thread between batches."""
+        """Run `fn(runner)` on the engine thread between passes."""
         fut: Future = Future()
         with self._cv:
             if not self.alive or self._stopping:
@@ -184,7 +208,7 @@ class Engine:
                 state=self._state,
                 draining=self._draining,
                 waiting=len(self._waiting),
-                running=len(self._running),
+                running=len(self._batch) if self._batch is not None else 0,
                 kv_cache_bytes=self._kv_bytes,
             )
 
@@ -205,8 +229,8 @@ class Engine:
             self._state = "ready"
             log.info("engine ready: adapters %s, default %s", sorted(self._adapters), self.default_adapter)
             while (work := self._next()) is not None:
-                if isinstance(work, Batch):
-                    self._run(work)
+                if work is STEP:
+                    self._run()
                 else:
                     self._control(*work)
             self._state = "stopped"
@@ -222,27 +246,54 @@ class Engine:
         self._adapters = {i.name: i for i in self._runner.infos()}
         self.default_adapter = self._runner.default
 
-    def _next(self) -> Batch | Control | None:
-        """Block until there is a control call or a batch to run; None = stop."""
+    def _next(self) -> Control | str | None:
+        """Block until there is a control call or a pass to run (STEP); None = stop.
+        Admits waiting jobs into the running batch on the way."""
         with self._cv:
             while True:
                 if self._controls:
                     return self._controls.popleft()
+                self._drop_expired()
+                batch = self._batch
+                if batch:
+                    self._admit(batch.adapter, self.max_batch_size - len(batch))
+                    return STEP
                 if self._waiting:
                     head = self._waiting[0]
-                    group = [j for j in self._waiting if j.key == head.key][: self.max_batch_size]
+                    group = [j for j in self._waiting if j.key.adapter == head.key.adapter]
                     wait = head.enqueued + self.max_wait_s - time.perf_counter()
                     if len(group) >= self.max_batch_size or wait <= 0 or self._draining or self._stopping:
-                        taken = {id(j) for j in group}
-                        self._waiting = deque(j for j in self._waiting if id(j) not in taken)
-                        self._running = group
-                        return Batch.from_jobs(group)
+                        self._batch = Batch(head.key.adapter)
+                        self._admit(head.key.adapter, self.max_batch_size)
+                        return STEP
                     self._cv.wait(wait)
                 elif self._stopping:
                     return None
                 else:
                     self._kv_bytes = 0  # idle: no batch holds a cache
                     self._cv.wait()
+
+    def _admit(self, adapter: str, room: int) -> None:
+        """Move up to `room` waiting jobs of `adapter` into the running batch (oldest first),
+        unless another adapter's job has waited max_wait_ms: then the batch drains."""
+        if not self._waiting or room <= 0:
+            return
+        head = self._waiting[0]
+        if head.key.adapter != adapter and time.perf_counter() - head.enqueued >= self.max_wait_s:
+            return
+        joining = [j for j in self._waiting if j.key.adapter == adapter][:room]
+        taken = {id(j) for j in joining}
+        self._waiting = deque(j for j in self._waiting if id(j) not in taken)
+        self._batch.extend(joining)
+
+    def _drop_expired(self) -> None:
+        """Waiting jobs past their deadline never run."""
+        now = time.perf_counter()
+        gone = [j for j in self._waiting if j.expired(now)]
+        if gone:
+            self._waiting = deque(j for j in self._waiting if not j.expired(now))
+            for job in gone:
+                _settle(job, DeadlineExceeded("the request passed its deadline while it waited"))
 
     def _control(self, fn: Callable[[Runner], Any], fut: Future) -> None:
         if not fut.set_running_or_notify_cancel():
@@ -256,80 +307,97 @@ class Engine:
             self._publish()  # before the caller wakes, so it sees the change
             fut.set_result(result)
 
-    def _run(self, batch: Batch) -> None:
-        batch = batch.filter()
+    def _run(self) -> None:
+        batch = self._batch
         try:
-            if batch.jobs:
-                self._step(batch)
+            self._step(batch)
         except BaseException as exc:  # escapes only to kill the thread: tell this batch first
             _settle_all(batch.jobs, EngineDead(f"the engine died: {exc!r}"))
-            raise
-        finally:
             with self._cv:
-                self._running = []
+                self._batch = None
+            raise
 
     def _step(self, batch: Batch) -> None:
-        start = time.perf_counter()
         try:
-            out = self._runner.step(batch)
-        except AdapterNotLoaded as exc:  # unloaded while these jobs waited
-            _settle_all(batch.jobs, exc)
-            return
+            out: StepOutput = self._runner.step(batch)
         except Exception as exc:
-            ids = [j.id for j in batch.jobs]
-            log.exception("batch of %d failed (%s; request ids %s)", len(batch), batch.key, ids)
+            if isinstance(exc, AdapterNotLoaded):  # unloaded while these jobs waited or ran
+                outcome: BaseException = exc
+            else:
+                log.exception("step over %d jobs of %s failed (request ids %s)", len(batch), batch.adapter,
+                              [j.id for j in batch.jobs])  # fmt: skip
+                outcome = EngineFailure(f"the batch failed: {type(exc).__name__}: {exc}")
             self._runner.recover()
-            _settle_all(batch.jobs, EngineFailure(f"the batch failed: {type(exc).__name__}: {exc}"))
+            with self._cv:
+                jobs, self._batch = batch.jobs, None
+            _settle_all(jobs, outcome)
             return
-        end = time.perf_counter()
         st = out.stats
-        self._kv_bytes = st.peak_kv_bytes
-        key = batch.key
-        if self.observer is not None:
-            self.observer.record_batch(
-                BatchRecord(len(batch), key.adapter, key.mode, dict(st.passes), st.peak_kv_bytes, st.total_s)
-            )
-        finished = []
-        for job, res in zip(batch.jobs, out.results):
-            if job.cancelled or res.finish_reason == "cancelled":
-                _settle(job, Cancelled("dropped: the client went away"))
-                continue
-            jr = JobResult(
-                result=res,
-                queue_s=start - job.arrival,
-                ttft_s=start - job.arrival + st.first_token_s,
-                prefill_s=st.prefill_s,
-                latent_s=st.latent_s,
-                decode_s=st.decode_s,
-                total_s=end - job.arrival,
-                batch_size=len(batch),
-            )
+        if st is not None:
+            self._kv_bytes = st.kv_cache_bytes
             if self.observer is not None:
-                self.observer.record_request(
-                    RequestRecord(
-                        adapter=key.adapter,
-                        mode=key.mode,
-                        queue_s=jr.queue_s,
-                        ttft_s=jr.ttft_s,
-                        prefill_s=jr.prefill_s,
-                        latent_s=jr.latent_s,
-                        decode_s=jr.decode_s,
-                        prompt_tokens=res.prompt_tokens,
-                        latent_tokens=res.latent_tokens,
-                        generated_tokens=res.generated_tokens,
-                        kv_cache_bytes=res.kv_cache_bytes,
-                    )
+                mode = next(iter(st.modes)) if len(st.modes) == 1 else "mixed"
+                passes = {phase: 1 for phase, n in st.phases.items() if n}  # phases the pass carried
+                self.observer.record_batch(
+                    BatchRecord(st.rows, batch.adapter, mode, passes, st.kv_cache_bytes, st.wall_s)
                 )
-            finished.append((job, jr))
-        # metrics first, then answers: a scrape right after a response already counts it
-        for job, jr in finished:
-            _settle(job, jr)
+        for job, token, text in out.tokens:
+            if job.on_token is not None:
+                try:
+                    job.on_token(token, text)
+                except Exception:
+                    log.warning("on_token of request %s failed", job.id, exc_info=True)
+        now = time.perf_counter()
+        settled = [(f.job, self._outcome(f, batch.adapter, now)) for f in out.finished]
+        with self._cv:
+            batch.filter([f.job for f in out.finished])
+            if not batch:
+                self._kv_bytes = 0
+        # metrics first (in _outcome), then answers: a scrape right after a response counts it
+        for job, outcome in settled:
+            _settle(job, outcome)
+
+    def _outcome(self, f: Finished, adapter: str, now: float) -> JobResult | BaseException:
+        job, res = f.job, f.result
+        if res.finish_reason == "cancelled":
+            if job.expired(now) and not job.cancelled:
+                return DeadlineExceeded("the request passed its deadline while it ran")
+            return Cancelled("dropped: the client went away")
+        first = f.first_token_at if f.first_token_at is not None else now
+        jr = JobResult(
+            result=res,
+            queue_s=f.joined_at - job.arrival,
+            ttft_s=first - job.arrival,
+            prefill_s=f.prefill_s,
+            latent_s=f.latent_s,
+            decode_s=f.decode_s,
+            total_s=now - job.arrival,
+            batch_size=f.batch_size,
+        )
+        if self.observer is not None:
+            self.observer.record_request(
+                RequestRecord(
+                    adapter=adapter,
+                    mode=job.key.mode,
+                    queue_s=jr.queue_s,
+                    ttft_s=jr.ttft_s,
+                    prefill_s=jr.prefill_s,
+                    latent_s=jr.latent_s,
+                    decode_s=jr.decode_s,
+                    prompt_tokens=res.prompt_tokens,
+                    latent_tokens=res.latent_tokens,
+                    generated_tokens=res.generated_tokens,
+                    kv_cache_bytes=res.kv_cache_bytes,
+                    forward_passes=res.forward_passes,
+                )
+            )
+        return jr
 
     def _fail_everything(self, exc: BaseException) -> None:
         with self._cv:
-            jobs = list(self._waiting) + self._running
+            jobs = list(self._waiting) + (self._batch.jobs if self._batch is not None else [])
             self._waiting.clear()
-            self._running = []
+            self._batch = None
             controls = list(self._controls)
             self._controls.clear()
         _settle_all(jobs, exc)

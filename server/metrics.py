@@ -10,7 +10,10 @@ Definitions:
   (the first ASGI byte, stamped by `server.middleware`) to the moment the first answer
   token's logits exist: queue wait + prefill (latent mode: with the init pass) and the T Jacobi
   iterations (the last one carries `<eot> P`). In cot mode the first token is the first token of the chain.
-  Batch phases are timed by `solve_batch` (device-synchronised on CUDA).
+  Passes are timed by the engine's running batch (device-synchronised on CUDA); a request's
+  phase time is the sum of the passes it spent in that phase.
+- `kava_batch_size` and `kava_forward_passes`: one observation per forward pass of the
+  running batch (iteration-level batching): its rows, and each phase the pass carried.
 - E2E runs from the same arrival to the response body being ready to send.
 - Queue / prefill / latent / decode histograms: each request observes the phase times of
   the passes it took part in; latent time only in latent mode.
@@ -99,7 +102,7 @@ class Metrics:
             )
             for phase in ("queue", *PHASES)
         }
-        self.batch_size = Histogram("kava_batch_size", "Requests per batch", buckets=BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram("kava_batch_size", "Requests per forward pass", buckets=BATCH_BUCKETS, registry=r)
         self.forward_passes = Counter("kava_forward_passes", "Batched forward passes", ["phase"], registry=r)
         for phase in PHASES:
             self.forward_passes.labels(phase)

@@ -1,10 +1,14 @@
-"""The model-facing part of the engine: adapters over one shared base, and one batch step.
+"""The model-facing part of the engine: adapters over one shared base, and one engine step.
 
 Every method runs on the engine thread (the only thread that touches tensors). A step is
-one call of `kava.generate.solve_batch`, the library's single inference function; this
-module never reimplements the method. Adapters after the first are attached to the first
-one's base with peft (`kava.adapters.attach_adapter`), so they share its weights. Tests
-substitute any object with the same methods (see `Runner`).
+one forward pass of the library's running batch (`kava.running.Running`, the loop
+`kava.generate.solve_batch` runs to completion) over the engine's `Batch`: jobs cancelled
+or past their deadline leave first, jobs new to it join with their prefill, and rows that
+finish leave at the end of the pass. This module never reimplements the method. Adapters
+after the first are attached to the first one's base with peft
+(`kava.adapters.attach_adapter`), so they share its weights; each serves through its own
+merged fast weights (`kava.fastlm`), so a model the fast path does not cover is refused at
+load. Tests substitute any object with the same methods (see `Runner`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import os
 import resource
 import sys
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -22,8 +28,10 @@ import torch
 from kava.adapters import AdapterError, attach_adapter, detach_adapter, load_adapter, read_adapter_config
 from kava.backbone import KavaModel
 from kava.builtin import resolve_base
-from kava.generate import BatchOutput, solve_batch
-from server.batch import Batch
+from kava.fastlm import FastPathUnsupported, fast_lm
+from kava.generate import SolveResult, solve_batch
+from kava.running import Ask, Row, Running
+from server.batch import Batch, Finished, Job, PassStats, StepOutput
 from server.settings import AdapterSpec
 from server.stats import AdapterInfo, DeviceMemory
 
@@ -47,7 +55,7 @@ class Runner(Protocol):
 
     default: str
 
-    def step(self, batch: Batch) -> BatchOutput: ...
+    def step(self, batch: Batch) -> StepOutput: ...
 
     def infos(self) -> list[AdapterInfo]: ...
 
@@ -70,6 +78,11 @@ class ModelRunner:
         self._models = dict(models)
         self.default = next(iter(self._models))
         self._attached = 0
+        for name, model in self._models.items():
+            _check_fast(model, name)
+        self._running: Running | None = None  # the running batch (one adapter at a time)
+        self._adapter: str | None = None
+        self._joined_size: dict[int, int] = {}  # id(job) -> rows in the pass it joined
 
     @classmethod
     def load(
@@ -95,15 +108,63 @@ class ModelRunner:
             raise AdapterNotLoaded(name)
         return self._models[name]
 
-    def step(self, batch: Batch) -> BatchOutput:
-        return solve_batch(
-            self._model(batch.key.adapter),
-            batch.questions,
-            mode=batch.key.mode,
-            num_iterations=batch.key.num_iterations,
-            max_new_tokens=batch.max_new_tokens,
-            return_latents=batch.return_latents,
-            is_cancelled=batch.is_cancelled,
+    def step(self, batch: Batch) -> StepOutput:
+        """One forward pass over `batch` (see the module docstring)."""
+        running = self._running_for(batch.adapter)
+        out = StepOutput()
+        now = time.perf_counter()
+        live = {id(j) for j in batch.jobs}
+        for row in list(running.rows):  # 1. leave before the pass: cancelled, deadline, gone
+            job: Job = row.tag
+            if id(job) not in live or job.cancelled or job.expired(now):
+                running.leave(row, "cancelled")
+                out.finished.append(self._finished(running, row))
+        inside = {id(r.tag) for r in running.rows} | {id(f.job) for f in out.finished}
+        joined = []
+        for job in batch.jobs:  # 2. join: their prefill rides in this pass
+            if id(job) in inside:
+                continue
+            if job.cancelled or job.expired(now):
+                out.finished.append(Finished(job, _never_ran(), now, None, 0.0, 0.0, 0.0, 0))
+                continue
+            ask = Ask(
+                job.question,
+                job.key.mode,
+                max_new_tokens=job.max_new_tokens,
+                num_iterations=job.key.num_iterations,
+                return_latents=job.return_latents,
+                stream=job.on_token is not None,
+            )
+            joined.append(running.join(ask, tag=job))
+        for row in joined:
+            self._joined_size[id(row.tag)] = len(running)
+        if not running:
+            return out
+        modes = dict(Counter(r.ask.mode for r in running.rows))
+        p = running.step()  # 3. the pass
+        out.stats = PassStats(p.rows, p.phases, modes, p.wall_s, running.held_bytes)
+        out.tokens = [(t.row.tag, t.id, t.text) for t in p.tokens]
+        out.finished += [self._finished(running, r) for r in p.finished]
+        return out
+
+    def _running_for(self, adapter: str) -> Running:
+        model = self._model(adapter)  # raises AdapterNotLoaded
+        if self._running is None or self._adapter != adapter:
+            assert self._running is None or not self._running, "switch adapters only between batches"
+            self._running, self._adapter = Running(model), adapter
+        return self._running
+
+    def _finished(self, running: Running, row: Row) -> Finished:
+        job: Job = row.tag
+        return Finished(
+            job=job,
+            result=running.result(row),
+            joined_at=row.joined_at,
+            first_token_at=row.first_token_at,
+            prefill_s=row.times["prefill"],
+            latent_s=row.times["latent"],
+            decode_s=row.times["decode"],
+            batch_size=self._joined_size.pop(id(job), 0),
         )
 
     def infos(self) -> list[AdapterInfo]:
@@ -132,7 +193,13 @@ class ModelRunner:
         # peft's own names stay internal: ours may contain '.', which a ModuleDict key may not
         self._attached += 1
         log.info("attaching adapter %s from %s", name, path)
-        self._models[name] = attach_adapter(owner, path, f"served_{self._attached}")
+        model = attach_adapter(owner, path, f"served_{self._attached}")
+        try:
+            _check_fast(model, str(path))
+        except AdapterError:
+            detach_adapter(model)
+            raise
+        self._models[name] = model
         return next(i for i in self.infos() if i.name == name)
 
     def remove_adapter(self, name: str) -> None:
@@ -141,6 +208,8 @@ class ModelRunner:
             raise AdapterConflict(f"adapter {name!r} is the default and owns the base model; it cannot be unloaded")
         detach_adapter(model)
         del self._models[name]
+        if self._adapter == name:
+            self._running = self._adapter = None
         log.info("unloaded adapter %s", name)
 
     def warmup(self) -> None:
@@ -153,9 +222,24 @@ class ModelRunner:
         return device_memory(self._models[self.default].device)
 
     def recover(self) -> None:
-        """After a failed batch: give cached CUDA blocks back (an OOM leaves them behind)."""
+        """After a failed step: forget the running batch (the engine failed its jobs) and
+        give cached CUDA blocks back (an OOM leaves them behind)."""
+        self._running = self._adapter = None
+        self._joined_size.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _check_fast(model: KavaModel, where: str) -> None:
+    """The server runs the fast path only: refuse a model it does not cover, at load time."""
+    try:
+        fast_lm(model)
+    except FastPathUnsupported as exc:
+        raise AdapterError(Path(where), [f"the server's fast inference path cannot run it: {exc}"]) from exc
+
+
+def _never_ran() -> SolveResult:
+    return SolveResult("", None, "cancelled", 0, 0, 0, 0, 0)
 
 
 def device_memory(device: torch.device) -> DeviceMemory:
