@@ -199,7 +199,7 @@ class FastLM:
 _BUILT: weakref.WeakKeyDictionary[KavaModel, tuple[tuple, FastLM]] = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(model: KavaModel) -> tuple:
+def _weights_key(model: KavaModel) -> tuple:
     """Changes whenever any weight is replaced or updated in place (an optimizer step, a load)."""
     return (model.adapter_name, *((p.data_ptr(), p._version) for p in model.parameters()))
 
@@ -207,7 +207,7 @@ def _fingerprint(model: KavaModel) -> tuple:
 def fast_lm(model: KavaModel) -> FastLM:
     """`model`'s fast form, built once and rebuilt only after its weights change (training
     between evaluations). Raises FastPathUnsupported when there is none."""
-    key = _fingerprint(model)
+    key = _weights_key(model)
     hit = _BUILT.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]

@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "serve": ("server.cli", "run the inference server (default: the built-in model on 127.0.0.1:8000)"),
-    "bench": ("server.bench", "benchmark latent vs CoT decoding and the served throughput"),
+    "bench": ("benchmarks.cli", "benchmark HF generate vs kava CoT vs kava latent, and the served throughput"),
     "train": ("training.cli", "train a KaVa (or baseline) adapter from a config file"),
     "eval": ("training.evaluate", "measure accuracy, forward passes and time per question"),
     "solve": ("kava_cli.solve", "ask a running server one question (the SDK's command-line face)"),

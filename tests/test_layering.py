@@ -1,4 +1,5 @@
-"""Imports flow one way (STYLE.md rule 1-2): server/ -> kava/ <- training/; clients/ stands alone."""
+"""Imports flow one way (STYLE.md rule 1-2): server/ -> kava/ <- training/; clients/ stands alone;
+benchmarks/ imports the library and the SDK, and nothing imports benchmarks/."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ FORBIDDEN = {
         "server",
         "training",
         "clients",
+        "benchmarks",
         "kava_cli",
         "kava_client",
         "fastapi",
@@ -21,9 +23,12 @@ FORBIDDEN = {
         "uvicorn",
         "httpx",
     },
-    "training": {"server", "clients", "kava_cli", "kava_client", "fastapi", "prometheus_client"},
-    "server": {"training", "clients", "kava_cli", "kava_client"},
-    "clients": {"kava", "server", "training", "kava_cli", "torch", "transformers"},
+    "training": {"server", "clients", "benchmarks", "kava_cli", "kava_client", "fastapi", "prometheus_client"},
+    "server": {"training", "clients", "benchmarks", "kava_cli", "kava_client"},
+    "clients": {"kava", "server", "training", "benchmarks", "kava_cli", "torch", "transformers"},
+    # benchmarks drive servers over HTTP (the SDK) and load models through kava, never server/ itself
+    "benchmarks": {"server", "kava_cli", "fastapi", "prometheus_client", "uvicorn"},
+    "kava_cli": {"benchmarks"},  # `kava bench` imports it by name, only when asked
 }
 
 

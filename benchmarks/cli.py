@@ -1,15 +1,18 @@
-"""`kava bench`: report latent vs CoT engine cost and served throughput (reports, never asserts).
+"""`kava bench`: HF generate vs kava CoT vs kava latent, and served throughput (reports, never asserts).
 
-  kava bench engine   [--adapter DIR] [--batch-sizes 1,8,32] [--questions FILE.jsonl]
+  kava bench engine   [--adapter DIR] [--batch-sizes 1,8,32] [--questions held-out|gsm8k|FILE.jsonl] [-n 64]
   kava bench serving  [--url URL [--baseline-url URL]] [--requests N] [--rate R | --concurrency C]
+                      [--mode latent|cot] [--cot-share 0.5]
   kava bench all      both
 
-`engine` loads the adapter here (default: the built-in model) and runs `server.bench_engine`.
-`serving` drives a running server (`--url`); without one it starts two `kava serve`
-processes over the adapter in turn — batched (`--max-batch-size`) and one request at a
-time (`--max-batch-size 1`) — and gives both the same load (`server.bench_serving`).
-Output: the JSON report, then markdown tables, on stdout; `--out DIR` also writes
-bench.json and bench.md.
+`engine` loads the adapter here (default: the built-in model) twice — once for kava, once
+merged for the HF `generate` anchor (`--no-anchor` skips it) — and runs
+`benchmarks.engine`. `serving` drives a running server (`--url`); without one it starts
+two `kava serve` processes over the adapter in turn — batched (`--max-batch-size`) and one
+request at a time (`--max-batch-size 1`) — and gives both the same load
+(`benchmarks.serving`); `--cot-share 0.5` makes it a mixed load (half latent, half CoT) and
+adds the latent-only control. Output: the JSON report, then markdown tables, on stdout;
+`--out DIR` also writes bench.json and bench.md.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.engine import HFAnchor, bench_engine, engine_table
+from benchmarks.questions import SOURCES, load_questions
+from benchmarks.serving import Load, bench_serving, compare, run_load, serving_table, spawned_server
 from kava.adapters import AdapterError, load_adapter
 from kava.builtin import BUILTIN_ADAPTER, builtin_available
-from server.bench_engine import bench_engine, engine_table, load_questions
-from server.bench_serving import Load, bench_serving, compare, run_load, serving_table, spawned_server
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--base-model", help="base model override for the adapter")
     add("--device", default="auto")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    add("--questions", type=Path, help='JSONL file with a "question" per line (default: a built-in GSM-style list)')
+    add("--questions", default="held-out", help=f"{' | '.join(SOURCES)} | a JSONL file with 'question' (+ 'answer')")
+    add("-n", "--num-questions", type=int, default=64, help="engine: questions per cell (cycled if fewer)")
     add("--batch-sizes", default="1,8,32", help="engine: comma-separated batch sizes")
     add("--max-new-tokens-latent", type=int, default=32)
     add("--max-new-tokens-cot", type=int, default=256)
+    add("--no-anchor", action="store_true", help="engine: skip the HF generate row")
     add("--url", help="serving: a running server (otherwise two are started here)")
     add("--baseline-url", help="serving: a server started with --max-batch-size 1")
     add("--api-key", default=os.environ.get("KAVA_API_KEY"), help="serving: key for the server(s) (KAVA_API_KEY)")
@@ -48,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rate", type=float, help="serving: Poisson arrivals at this many req/s (default: fixed concurrency)")
     add("--concurrency", type=int, default=8, help="serving: clients in the fixed-concurrency mode")
     add("--mode", choices=["latent", "cot"], default="latent", help="serving: request mode")
+    add("--cot-share", type=float, default=0.0, help="serving: fraction of requests in cot mode (mixed load)")
     add("--max-batch-size", type=int, default=32, help="serving: batch limit of the server started here")
+    add("--no-baseline", action="store_true", help="serving: skip the one-at-a-time server")
     add("--seed", type=int, default=0)
     add("--out", type=Path, help="directory for bench.json and bench.md")
 
@@ -64,42 +73,50 @@ def _adapter(args: argparse.Namespace) -> Path:
 
 
 def _serving(args: argparse.Namespace, questions: list[str]) -> dict:
-    limit = args.max_new_tokens_latent if args.mode == "latent" else args.max_new_tokens_cot
-    load = Load(args.requests, args.rate, args.concurrency, args.mode, limit, args.seed)
+    limits = {"latent": args.max_new_tokens_latent, "cot": args.max_new_tokens_cot}
+    load = Load(args.requests, args.rate, args.concurrency, args.mode, args.cot_share, limits, args.seed)
     if args.url:
         return bench_serving(args.url, questions, load, baseline_url=args.baseline_url, api_key=args.api_key)
     serve = ["--adapter", f"bench={_adapter(args)}", "--device", args.device, "--dtype", args.dtype]
     serve += ["--base-model", args.base_model] if args.base_model else []
     env = {"KAVA_API_KEY": args.api_key} if args.api_key else None
-    results = []
-    for batch in (args.max_batch_size, 1):
-        with spawned_server([*serve, "--max-batch-size", str(batch)], env=env) as url:
-            results.append(asyncio.run(run_load(url, questions, load, api_key=args.api_key)))
-    return compare(load, *results, "server with max_batch_size=1")
+    key = args.api_key
+    with spawned_server([*serve, "--max-batch-size", str(args.max_batch_size)], env=env) as url:
+        batched = asyncio.run(run_load(url, questions, load, api_key=key))
+        control = None
+        if load.cot_share:  # the mixed load's latent requests alone, at the same arrival times
+            control = asyncio.run(run_load(url, questions, replace(load, only=args.mode), api_key=key))
+    baseline = None
+    if not args.no_baseline:
+        with spawned_server([*serve, "--max-batch-size", "1"], env=env) as url:
+            baseline = asyncio.run(run_load(url, questions, load, api_key=key))
+    return compare(load, batched, baseline, "server with max_batch_size=1", control)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the report
     try:
-        questions = load_questions(args.questions)
+        questions = load_questions(args.questions, args.num_questions)
         sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    report: dict = {"questions": len(questions)}
+    report: dict = {"questions_source": args.questions}
     tables = []
     if args.what in ("engine", "all"):
+        kw = dict(base_model=args.base_model, device=args.device, dtype=args.dtype)
         try:
-            model = load_adapter(_adapter(args), base_model=args.base_model, device=args.device, dtype=args.dtype)
+            model = load_adapter(_adapter(args), **kw)
+            anchor = None if args.no_anchor else HFAnchor.merge(load_adapter(_adapter(args), **kw))
         except AdapterError as exc:
             log.error("%s", exc)
             return 2
         limits = {"latent": args.max_new_tokens_latent, "cot": args.max_new_tokens_cot}
-        report["engine"] = bench_engine(model, questions, batch_sizes=sizes, max_new_tokens=limits)
-        report["engine"]["adapter"] = str(_adapter(args))
-        tables.append("## Engine: latent vs CoT\n\n" + engine_table(report["engine"]))
+        report["engine"] = bench_engine(model, questions, batch_sizes=sizes, max_new_tokens=limits, anchor=anchor)
+        report["engine"].update(adapter=str(_adapter(args)), device=str(model.device), dtype=str(model.dtype))
+        tables.append("## Engine: HF generate vs kava CoT vs kava latent\n\n" + engine_table(report["engine"]))
     if args.what in ("serving", "all"):
-        report["serving"] = _serving(args, questions)
+        report["serving"] = _serving(args, [q.text for q in questions])
         tables.append("## Serving\n\n" + serving_table(report["serving"]))
     text = json.dumps(report, indent=2)
     markdown = "\n".join(tables)
