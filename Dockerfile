@@ -31,6 +31,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY kava ./kava
 COPY training ./training
 COPY server ./server
+COPY benchmarks ./benchmarks
 COPY kava_cli ./kava_cli
 COPY clients ./clients
 COPY README.md ./
