@@ -15,7 +15,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from server.schemas import ErrorBody, ErrorEnvelope
 
@@ -113,6 +115,14 @@ def describe_validation(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
     return (params[0] if params else None), "; ".join(parts)
 
 
+def _allowed_methods(request: Request) -> str:
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        if route.methods and compile_path(route.path)[0].match(request.url.path):
+            methods |= set(route.methods)
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI, on_error: Callable[[Request, int, object], None]) -> None:
     """Render every error as the envelope; `on_error(request, status, mode)` counts it
     (`mode` is whatever the request said, possibly nothing valid)."""
@@ -132,6 +142,10 @@ def install(app: FastAPI, on_error: Callable[[Request, int, object], None]) -> N
             on_error(request, 422, None)
             message = "malformed JSON body: it cannot be parsed (nested too deeply, or not text)"
             return envelope(422, "invalid_request_error", message, None)
+        if exc.status_code == 405:  # Starlette names only the first route's methods; give the path's
+            allow = _allowed_methods(request)
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
+            return envelope(405, "method_not_allowed", message, None, {"Allow": allow})
         kind = "not_found_error" if exc.status_code == 404 else "http_error"
         return envelope(exc.status_code, kind, str(exc.detail), None, getattr(exc, "headers", None))
 

@@ -29,24 +29,44 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ENVELOPE}}}
 
 
-def _bound(schema: dict[str, Any], **limits: Any) -> None:
-    """Set `limits` on the integer branch of `schema` (an `anyOf` with null, or a plain one)."""
+# request fields whose bound is a setting, wherever a request schema has them (the OpenAI
+# routes' fields map onto SolveRequest's, so the same settings bound them)
+LIMITS = {
+    "question": ("maxLength", "max_question_chars"),
+    "prompt": ("maxLength", "max_question_chars"),
+    "max_new_tokens": ("maximum", "max_new_tokens_limit"),
+    "max_tokens": ("maximum", "max_new_tokens_limit"),
+    "max_completion_tokens": ("maximum", "max_new_tokens_limit"),
+    "num_iterations": ("maximum", "max_num_iterations"),
+}
+
+
+def _bound(schema: dict[str, Any], keyword: str, value: int) -> None:
+    """Set `keyword` on the integer or string branches of `schema` (plain, `anyOf`, array items)."""
     for branch in schema.get("anyOf", [schema]):
-        if branch.get("type") in ("integer", "string"):
-            branch.update(limits)
+        kind = branch.get("type")
+        if kind == "array" and isinstance(branch.get("items"), dict):
+            _bound(branch["items"], keyword, value)
+        elif (kind == "integer" and keyword == "maximum") or (kind == "string" and keyword == "maxLength"):
+            branch[keyword] = value
 
 
 def _limits(doc: dict[str, Any], settings: Settings) -> None:
-    props = doc.get("components", {}).get("schemas", {}).get("SolveRequest", {}).get("properties", {})
-    if not props:
-        return
-    _bound(props["question"], maxLength=settings.max_question_chars)
-    _bound(props["max_new_tokens"], maximum=settings.max_new_tokens_limit)
-    _bound(props["num_iterations"], maximum=settings.max_num_iterations)
-    props["question"]["description"] += (
-        f" (at most {settings.max_question_chars} characters; prompt + latents + answer must also fit the "
-        "model's context, counted in tokens, else 422 with the numbers)"
+    for name, schema in doc.get("components", {}).get("schemas", {}).items():
+        if not name.endswith("Request"):
+            continue
+        for field, prop in schema.get("properties", {}).items():
+            if field in LIMITS:
+                keyword, setting = LIMITS[field]
+                _bound(prop, keyword, getattr(settings, setting))
+    question = (
+        doc.get("components", {}).get("schemas", {}).get("SolveRequest", {}).get("properties", {}).get("question")
     )
+    if question is not None:
+        question["description"] += (
+            f" (at most {settings.max_question_chars} characters; prompt + latents + answer must also fit the "
+            "model's context, counted in tokens, else 422 with the numbers)"
+        )
 
 
 def _operations(doc: dict[str, Any]):

@@ -9,14 +9,28 @@ Does not own routing or status codes (`server.routes`, `server.errors`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from kava.config import Mode
 from server.settings import ADAPTER_NAME, Settings
 
+
+def _integral(value: object) -> object:
+    """JSON's integers, as JSON Schema counts them: 3 and 3.0, never true or "3"."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# For strict models: 3.0 is 3, true is refused. Bounds go before it (`Annotated[int, Field(ge=1),
+# INTEGRAL]`), else pydantic writes them into the JSON schema as "ge" instead of "minimum".
+INTEGRAL = BeforeValidator(_integral)
+JsonInt = Annotated[int, INTEGRAL]
 NOT_BLANK = r"\S"  # the OpenAPI pattern of a question: Python's `str.strip` whitespace, as the check
 
 
@@ -26,8 +40,12 @@ class SolveRequest(BaseModel):
     question: str = Field(min_length=1, description="one math word problem", json_schema_extra={"pattern": NOT_BLANK})
     adapter: str | None = Field(default=None, description="adapter name; the server's default when omitted")
     mode: Mode = Field(default="latent", description="latent, or cot = the same adapter writing its chain of thought")
-    max_new_tokens: int | None = Field(default=None, ge=1, description="answer tokens to decode at most")
-    num_iterations: int | None = Field(default=None, ge=0, description="T override (Jacobi iterations)")
+    max_new_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = Field(
+        default=None, description="answer tokens to decode at most"
+    )
+    num_iterations: Annotated[int, Field(ge=0), INTEGRAL] | None = Field(
+        default=None, description="T override (Jacobi iterations)"
+    )
     return_latents: bool = Field(default=False, description="nearest vocabulary token of each latent slot")
 
     @field_validator("question")

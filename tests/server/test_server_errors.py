@@ -238,7 +238,8 @@ def test_an_unexpected_error_is_a_500_envelope_with_the_request_id(runner):
         ({"question": "q", "return_latents": "true"}, "return_latents", "valid boolean"),
         ({"question": "q", "num_iterations": True}, "num_iterations", "valid integer"),
         ({"question": "q", "max_new_tokens": "3"}, "max_new_tokens", "valid integer"),
-        ({"question": "q", "max_new_tokens": 3.0}, "max_new_tokens", "valid integer"),
+        ({"question": "q", "max_new_tokens": 3.5}, "max_new_tokens", "valid integer"),
+        ({"question": "q", "num_iterations": None, "max_new_tokens": [3]}, "max_new_tokens", "valid integer"),
         ({"question": 5}, "question", "valid string"),
     ],
 )
@@ -359,3 +360,14 @@ def test_the_server_keeps_serving_after_every_probe(runner):
         assert set(bad.json()["error"]) == {"type", "message", "param"}
     assert [r.status_code for r in replies[1:-1:2]] == [200] * len(probes)
     assert replies[-1].status_code == 200
+
+
+def test_a_wrong_method_is_405_naming_every_allowed_one(runner):
+    async def scenario():
+        async with client_for(app_over(runner)) as client:
+            return await client.request("OPTIONS", "/v1/adapters"), await client.put("/v1/solve", json={})
+
+    options, put = run(scenario())
+    assert options.headers["allow"] == "GET, POST"
+    assert "allowed: GET, POST" in _envelope(options, 405, "method_not_allowed", None)
+    assert put.headers["allow"] == "POST"
