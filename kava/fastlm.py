@@ -187,8 +187,11 @@ class FastLM:
         """KV bytes one token costs across all layers: 2 (K, V) x Λ x Hkv x d x element size."""
         return 2 * len(self.layers) * self.n_kv * self.head_dim * self.embedding.element_size()
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, D), as KavaModel.embed
+    def embed(self, ids: torch.Tensor, specials: bool = True) -> torch.Tensor:  # (N,) -> (N, D)
+        """As KavaModel.embed; `specials=False` when no method token can be among `ids`."""
         e = F.embedding(ids, self.embedding)  # (N, D)
+        if not specials:
+            return e
         rows = self.special_rows[self.special_of[ids]].to(e.dtype)  # (N, D)
         return torch.where(self.is_special[ids][:, None], rows, e)
 
@@ -318,6 +321,9 @@ def forward(lm: FastLM, cache: KVCache, x: torch.Tensor, plan: Plan) -> torch.Te
     if lm.rotary is not None:
         cos, sin = lm.rotary(h, plan.pos[None])  # (1, N, d) each
         cos, sin = cos[0, :, None], sin[0, :, None]  # (N, 1, d)
+    length = cache.length
+    # each (token, KV head) row of the cache viewed as (rows * Hkv * L, d): one index_copy_ per write
+    rows = ((plan.slot[:, None] * hkv + torch.arange(hkv, device=x.device)) * length + plan.pos[:, None]).flatten()
     for i, layer in enumerate(lm.layers):
         a = layer.norm1(h)  # (N, D)
         q, k, v = F.linear(a, layer.w_qkv, layer.b_qkv).split([hq * d, hkv * d, hkv * d], dim=-1)
@@ -325,8 +331,8 @@ def forward(lm: FastLM, cache: KVCache, x: torch.Tensor, plan: Plan) -> torch.Te
         if cos is not None:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-        cache.k[i][plan.slot, :, plan.pos] = k  # (N, Hkv, d) into (rows, Hkv, L, d)
-        cache.v[i][plan.slot, :, plan.pos] = v
+        cache.k[i].view(-1, d).index_copy_(0, rows, k.reshape(-1, d))  # (N Hkv, d) into (rows Hkv L, d)
+        cache.v[i].view(-1, d).index_copy_(0, rows, v.reshape(-1, d))
         h = h + F.linear(_attend(q, cache.k[i], cache.v[i], plan, layer.scaling), layer.w_o, layer.b_o)
         m = F.linear(layer.norm2(h), layer.w_in, layer.b_in)  # (N, 2F | F)
         if layer.gated:

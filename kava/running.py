@@ -220,7 +220,8 @@ class Running:
             off += c.n
         x = torch.empty(off, model.hidden_size, dtype=lm.dtype, device=dev)  # (N, D)
         if tok_ids:
-            x.index_copy_(0, _idx(tok_pos, dev), lm.embed(_idx(tok_ids, dev)))
+            specials = any(r.phase != "decode" for r in rows)  # fed-back answer tokens never are
+            x.index_copy_(0, _idx(tok_pos, dev), lm.embed(_idx(tok_ids, dev), specials))
         latents = {}
         if jac:
             slots = _idx([r.slot for r, _ in jac], dev)
