@@ -6,15 +6,16 @@ A request becomes one `SolveRequest` (`server.openai_schemas`) and runs through
 handling and metrics as `/v1/solve`. Errors keep the project's envelope (the openai package
 reads `error.message`), with the field named as the OpenAI request names it (`model`,
 `messages` / `prompt`, `max_tokens`). A stream is `data: {chunk}` events in OpenAI's chunk
-format, the `kava` costs on the chunk that carries `finish_reason`, a usage chunk (no choices)
-when `stream_options.include_usage` is set, then `data: [DONE]`. Where streamed text comes from
-is decided in one place, `open_answer_stream`. Does not own the engine, the wire types or the
-error envelope.
+format, one content chunk per decoded token as the engine produces it (the job's `on_token`
+hook), the `kava` costs on the chunk that carries `finish_reason`, a usage chunk (no choices)
+when `stream_options.include_usage` is set, then `data: [DONE]`; the stream starts at the
+first token. `open_answer_stream` is the one place that knows where streamed text comes from.
+Does not own the engine, the wire types or the error envelope.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -68,29 +69,82 @@ class Finished:
     result: JobResult
 
 
-_PIECE = re.compile(r"\s*\S+|\s+")  # a word with the space before it; the pieces join back to the text
+class _Strip:
+    """Feeds token texts out so that they join to `text.strip()`, as the whole answer does:
+    leading whitespace is dropped, trailing whitespace held until more text follows."""
+
+    def __init__(self) -> None:
+        self.started, self.held = False, ""
+
+    def feed(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        body = text.rstrip()
+        if not body:
+            self.held += text
+            return ""
+        out, self.held = self.held + body, text[len(body) :]
+        return out
 
 
 async def open_answer_stream(solve: SolveRequest, request: Request) -> AsyncIterator[str | Finished]:
-    """Run `solve` and return its answer as text pieces, then `Finished`.
+    """Run `solve` and return its answer as text pieces, one per decoded token (possibly
+    empty), then `Finished`.
 
-    Everything that can fail before the first piece (key, limits, unknown adapter, queue full,
-    deadline, engine failure) raises ApiError here, so it still gets an HTTP status.
+    The engine calls the job's `on_token` hook on its thread after each pass that decodes a
+    token; the texts cross to the event loop through a queue. This returns once the first
+    token exists, so everything that can fail before it (limits, unknown adapter, queue full,
+    deadline, engine failure) raises ApiError here and still gets an HTTP status; a failure
+    after it reaches the stream as an error event. Closing the stream (the client went away)
+    cancels the job."""
+    loop = asyncio.get_running_loop()
+    texts: asyncio.Queue[str] = asyncio.Queue()
 
-    Today the pieces come from the job's completion: the job runs to the end, then its text is
-    replayed in word-sized pieces (TTFT as seen by the client = the whole answer's latency).
-    When the engine's Job grows a per-token hook, this is the one function to change: pass
-    `on_token=` through `solve_job(..., **job_fields)`, feed an asyncio.Queue from it with
-    `loop.call_soon_threadsafe`, wait here for the first token (or the job's end), and yield
-    tokens as they come."""
-    job, result = await solve_job(solve, request)
+    def on_token(token_id: int, text: str) -> None:  # engine thread
+        loop.call_soon_threadsafe(texts.put_nowait, text)
 
-    async def replay() -> AsyncIterator[str | Finished]:
-        for piece in _PIECE.findall(result.result.text):
+    answer = asyncio.ensure_future(solve_job(solve, request, on_token=on_token))
+    pieces = _pieces(texts, answer)
+    try:
+        first = await anext(pieces)
+    except BaseException:
+        await pieces.aclose()
+        raise
+    return _chain(first, pieces)
+
+
+async def _pieces(texts: asyncio.Queue[str], answer: asyncio.Future) -> AsyncIterator[str | Finished]:
+    # the job's `done` is handed over after its last token's text (one engine thread, one
+    # FIFO of call_soon_threadsafe callbacks), so when `answer` is done every text is queued
+    strip, sent, get = _Strip(), "", None
+    try:
+        while True:
+            get = asyncio.ensure_future(texts.get())
+            done, _ = await asyncio.wait({get, answer}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                break
+            piece = strip.feed(get.result())
+            sent += piece
             yield piece
+        job, result = answer.result()  # raises what failed the job
+        text = result.result.text
+        if text != sent and text.startswith(sent):  # anything the hook did not carry
+            yield text[len(sent) :]
         yield Finished(job, result)
+    finally:
+        if get is not None:
+            get.cancel()
+        answer.cancel()  # the client went away mid-stream: drop the job (no-op once it is done)
 
-    return replay()
+
+async def _chain(first: str | Finished, rest: AsyncIterator[str | Finished]) -> AsyncIterator[str | Finished]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()
 
 
 # Errors: the envelope, with OpenAI's field names -------------------------------------------
@@ -153,12 +207,13 @@ def _event(chunk: BaseModel, *, usage: bool) -> str:
     return f"data: {chunk.model_dump_json(exclude=exclude)}\n\n"
 
 
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+def _sse(events: AsyncIterator[str], request: Request) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
             async for event in events:
                 yield event
         except ApiError as exc:  # after the first byte a status cannot change: an error event instead
+            _ctx(request).count_error(request, exc.status, getattr(request.state, "mode", None))
             error = ErrorEnvelope(error=ErrorBody(type=exc.type, message=exc.message, param=exc.param))
             yield f"data: {error.model_dump_json()}\n\n"
             return
@@ -186,7 +241,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     rid = request.state.request_id
     if body.stream:
         usage = body.include_usage()
-        return _sse(_chat_events(pieces, solve, f"chatcmpl-{rid}", created, body.model, usage))
+        return _sse(_chat_events(pieces, solve, f"chatcmpl-{rid}", created, body.model, usage), request)
     answer = solve_response(job, solve, result)
     return ChatCompletion(
         id=f"chatcmpl-{rid}",
@@ -207,7 +262,8 @@ async def _chat_events(
     yield chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))])
     async for item in pieces:
         if isinstance(item, str):
-            yield chunk([ChatChunkChoice(delta=ChatDelta(content=item))])
+            if item:
+                yield chunk([ChatChunkChoice(delta=ChatDelta(content=item))])
             continue
         answer = solve_response(item.job, solve, item.result)
         yield chunk(
@@ -230,7 +286,7 @@ async def completions(body: CompletionRequest, request: Request):
     rid = request.state.request_id
     if body.stream:
         usage = body.include_usage()
-        return _sse(_completion_events(pieces, solve, f"cmpl-{rid}", created, body.model, usage))
+        return _sse(_completion_events(pieces, solve, f"cmpl-{rid}", created, body.model, usage), request)
     answer = solve_response(job, solve, result)
     return Completion(
         id=f"cmpl-{rid}",
@@ -251,7 +307,8 @@ async def _completion_events(
 
     async for item in pieces:
         if isinstance(item, str):
-            yield chunk([CompletionChoice(text=item, finish_reason=None)])
+            if item:
+                yield chunk([CompletionChoice(text=item, finish_reason=None)])
             continue
         answer = solve_response(item.job, solve, item.result)
         yield chunk([CompletionChoice(text="", finish_reason=_finish_reason(item.result))], kava=_costs(answer))

@@ -4,18 +4,22 @@ uvicorn serves the tiny Llama KaVa model on a loopback port (`server_harness.liv
 `openai.OpenAI` and `openai.AsyncOpenAI` talk to it over real sockets: chat and completions,
 whole and streamed, both modes, the `kava` costs object, `/v1/models`, and every refusal
 surfacing through the openai package's exceptions with the server's message and field.
-Each answer is checked against `solve_batch` on the same model alone.
+Each answer is checked against `solve_batch` on the same model alone. Streams come from the
+engine's per-token hook: a runner held after the first token shows the stream has begun,
+and a client that hangs up mid-stream has its job dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 
 import httpx
 import openai
 import pytest
-from server_harness import QUESTIONS, app_over, live_server, metric_samples, sample_value
+from server_harness import QUESTIONS, HookedRunner, app_over, live_server, metric_samples, sample_value
 
 import server.openai_routes
 from kava.generate import solve_batch
@@ -192,7 +196,8 @@ def test_raw_sse_framing(base_url):
 
 
 def test_an_error_after_the_first_chunk_is_an_error_event(client, monkeypatch):
-    """Today's streams fail only before their first byte; a token-fed stream can fail later."""
+    """A failure after the first token (deadline, engine) cannot change the status: it ends
+    the stream as an error event, which the openai package raises."""
 
     async def failing(solve, request):
         async def pieces():
@@ -208,6 +213,60 @@ def test_an_error_after_the_first_chunk_is_an_error_event(client, monkeypatch):
     with pytest.raises(openai.APIError) as info:
         list(stream)
     assert "engine failed" in info.value.message and info.value.type == "engine_error"
+
+
+def _held_after_the_first_token(runner, release: threading.Event, waits: list[bool]) -> HookedRunner:
+    """A runner whose passes, once any token has been decoded, wait for `release`."""
+
+    def hook(batch) -> None:
+        if any(out.tokens for out in hooked.outputs):
+            waits.append(release.wait(20))
+
+    hooked = HookedRunner(runner, hook)
+    return hooked
+
+
+@pytest.mark.parametrize("mode", ["latent", "cot"])
+def test_the_stream_starts_at_the_first_token_not_at_the_end(runner, tiny_model, mode):
+    release, waits = threading.Event(), []
+    hooked = _held_after_the_first_token(runner, release, waits)
+    with live_server(app_over(hooked)) as url, openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0) as c:
+        stream = c.chat.completions.create(
+            model="tiny", messages=USER, stream=True, max_tokens=5, extra_body={"mode": mode}
+        )
+        chunks = iter(stream)
+        role = next(chunks)  # while the engine holds its next pass: it came from the first token
+        release.set()
+        rest = list(chunks)
+    assert role.choices[0].delta.role == "assistant"
+    assert waits and all(waits), "the client saw nothing until the engine went on without it"
+    text = "".join(c.choices[0].delta.content or "" for c in [role, *rest] if c.choices)
+    assert text == alone(tiny_model, QUESTIONS[0], mode=mode, max_new_tokens=5).text
+
+
+def test_a_client_leaving_mid_stream_cancels_the_job_and_is_counted(runner):
+    release, waits = threading.Event(), []
+    hooked = _held_after_the_first_token(runner, release, waits)
+    app = app_over(hooked)
+    engine = app.state.kava.engine
+    body = {**QUESTION_BODY, "stream": True, "max_tokens": 200, "mode": "cot"}
+
+    def cancelled(url: str) -> float:
+        samples = metric_samples(httpx.get(f"{url}/metrics").text)["kava_requests"]
+        return sample_value(samples, "kava_requests_total", outcome="cancelled")
+
+    with live_server(app) as url:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
+            assert next(r.iter_lines()).startswith("data: ")  # the first token's chunk; then hang up
+        deadline = time.monotonic() + 10
+        while cancelled(url) < 1 and time.monotonic() < deadline:  # noticed while the engine is held
+            time.sleep(0.02)
+        release.set()
+        while not engine.idle() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.idle() and cancelled(url) == 1
+    dropped = [f.result for out in hooked.outputs for f in out.finished]
+    assert [d.finish_reason for d in dropped] == ["cancelled"] and dropped[0].generated_tokens < 200
 
 
 # async client --------------------------------------------------------------------------------
