@@ -205,9 +205,9 @@ async def solve_job(body: SolveRequest, request: Request, **job_fields) -> tuple
     try:
         jr = await _wait(request, engine, job, fut, job.arrival + settings.request_timeout_s - time.perf_counter())
     except asyncio.CancelledError:
-        ctx.metrics.record_outcome("cancelled", body.mode)
+        ctx.metrics.record_outcome("cancelled", body.mode, info.name)
         raise
-    ctx.metrics.record_outcome("ok", body.mode)
+    ctx.metrics.record_outcome("ok", body.mode, info.name)
     ctx.metrics.record_e2e(body.mode, info.name, time.perf_counter() - job.arrival)
     return job, jr
 
