@@ -57,7 +57,9 @@ class HFAnchor:
 
     @torch.inference_mode()
     def answer(self, questions: Sequence[str], max_new_tokens: int) -> tuple[list[str | None], list[int], int]:
-        """Answers, generated tokens per question (through `<eos>`), generate steps."""
+        """Answers, generated tokens per question (through `<eos>`), generate steps. A
+        negative `<eos>` id (a benchmark's fixed-length mode) never stops a row."""
+        eos = self.ids.eos if self.ids.eos >= 0 else None
         rows = [question_ids(self.tok, q) for q in questions]
         width = max(len(r) for r in rows)
         ids = torch.tensor([[self.ids.pad] * (width - len(r)) + r for r in rows], device=self.lm.device)
@@ -68,12 +70,12 @@ class HFAnchor:
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
-            eos_token_id=self.ids.eos,
+            eos_token_id=eos,
             pad_token_id=self.ids.pad,
             suppress_tokens=self.suppress,
         )
         new = out[:, width:].tolist()
-        counts = [row.index(self.ids.eos) + 1 if self.ids.eos in row else len(row) for row in new]
+        counts = [row.index(eos) + 1 if eos in row else len(row) for row in new]
         texts = [self.tok.decode(row[:n], skip_special_tokens=True) for row, n in zip(new, counts)]
         return [extract_answer(t, self.answer_prompt) for t in texts], counts, out.shape[1] - width
 

@@ -1,0 +1,23 @@
+"""The prepared GPU run's code path, on CPU with tiny shapes (`--smoke`): the random
+Llama-shaped model is built, benchmarked with fixed answer lengths, and set against the
+bandwidth bound; the report files appear. Its numbers mean nothing here."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import gpu
+
+
+def test_the_gpu_script_runs_on_cpu_with_tiny_shapes(tmp_path, capsys):
+    argv = ["--device", "cpu", "--dtype", "float32", "--smoke", "--sections", "llama", "--out", str(tmp_path)]
+    assert gpu.main(argv) == 0
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    sec = report["llama_1b_shape"]
+    assert "error" not in sec, sec.get("traceback")
+    cells = {(c["path"], c["batch_size"]) for c in sec["engine"]["cells"]}
+    assert cells == {(p, b) for p in ("hf-generate", "kava-cot", "kava-latent") for b in (1, 2)}
+    latent = [c for c in sec["engine"]["cells"] if c["path"] == "kava-latent"]
+    assert all(c["generated_tokens_per_question"] == 16 for c in latent), "fixed answer lengths"
+    assert [r["batch_size"] for r in sec["bound"]] == [1, 2] and all(r["bound_ms"] > 0 for r in sec["bound"])
+    assert "bandwidth bound" in (tmp_path / "gpu.md").read_text()
