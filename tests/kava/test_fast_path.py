@@ -140,14 +140,29 @@ def test_unknown_family_runs_the_reference_path(tiny_bases, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_equals_reference_on_cuda(tiny_bases, dtype):
-    model = make_model(tiny_bases["llama"]).to(device="cuda", dtype=dtype)
+def test_fast_equals_reference_on_cuda(tiny_bases, family):
+    model = make_model(tiny_bases[family]).to("cuda")
     for mode in ("latent", "cot"):
         fast = solve_batch(model, QUESTIONS, mode=mode, max_new_tokens=LIMITS)
-        ref = solve_batch(model, QUESTIONS, mode=mode, max_new_tokens=LIMITS, fast=False)
-        if dtype == torch.float32:
-            _same(fast.results, ref.results)
-        else:  # bf16 rounding differs between merged and unmerged LoRA: same shape, mostly same text
-            assert [r.forward_passes for r in fast.results][:1] == [r.forward_passes for r in ref.results][:1]
-            assert sum(f.text == r.text for f, r in zip(fast.results, ref.results)) >= len(QUESTIONS) // 2
+        _same(fast.results, solve_batch(model, QUESTIONS, mode=mode, max_new_tokens=LIMITS, fast=False).results)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_fast_pass_tracks_the_hf_forward_on_cuda(tiny_bases, family):
+    """bf16 rounds merged and unmerged LoRA differently, so tokens may part ways; one pass
+    must still agree to bf16 precision, and a solve must run with consistent counts."""
+    model = make_model(tiny_bases[family]).to(device="cuda", dtype=torch.bfloat16)
+    batch = encode_prefixes(model.tokenizer, QUESTIONS, model.ids, with_bot=True).to("cuda")
+    with torch.no_grad():
+        ref = model(model.embed(batch.input_ids), batch.attention_mask, positions(batch.attention_mask))
+        lm = fast_lm(model)
+        rows = [ids[m.bool()] for ids, m in zip(batch.input_ids, batch.attention_mask)]
+        counts = [len(r) for r in rows]
+        plan = Plan.build([0] * 4, counts, lm.device)
+        h = lm.final_norm(forward(lm, KVCache(lm, 4, 64), lm.embed(torch.cat(rows)), plan))
+    ends = torch.tensor(counts, device="cuda").cumsum(0) - 1
+    torch.testing.assert_close(h[ends].float(), ref.hidden[:, -1].float(), atol=0.1, rtol=0.05)
+    t = model.config.num_iterations
+    for r in solve_batch(model, QUESTIONS, max_new_tokens=LIMITS).results:
+        assert 1 <= r.generated_tokens and r.forward_passes == 1 + t + r.generated_tokens - 1
