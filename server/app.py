@@ -70,7 +70,9 @@ class ServerContext:
     def count_error(self, request: Request, status: int, mode: object) -> None:
         if request.url.path in (SOLVE_PATH, *OPENAI_SOLVE_PATHS):
             label = mode if mode in MODES else "unknown"
-            self.metrics.record_outcome(OUTCOME_BY_STATUS.get(status, "error"), label)
+            # the handler sets request.state.adapter once the name resolved to a loaded adapter
+            adapter = getattr(request.state, "adapter", "")
+            self.metrics.record_outcome(OUTCOME_BY_STATUS.get(status, "error"), label, adapter)
 
 
 def build_engine(settings: Settings, runner: Runner | None = None) -> Engine:
