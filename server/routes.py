@@ -188,6 +188,7 @@ async def solve_job(body: SolveRequest, request: Request, **job_fields) -> tuple
     if info is None:
         loaded = sorted(a.name for a in engine.adapters())
         raise not_found(f"adapter {body.adapter!r} is not loaded; loaded adapters: {loaded}", "adapter")
+    request.state.adapter = info.name  # a loaded name: the error counter may label by it
     problems = body.problems(settings)
     if problems:
         raise invalid(problems[0][0], "; ".join(message for _, message in problems))
