@@ -181,9 +181,9 @@ async def solve_job(body: SolveRequest, request: Request, **job_fields) -> tuple
     ctx = _ctx(request)
     settings, engine = ctx.settings, ctx.engine
     request.state.mode = body.mode
-    # 1. admission, before any tokenisation (that happens on the engine thread only)
+    # 1. admission, before any tokenisation
     _admit(engine, settings.retry_after_s)
-    # 2. the request against what is loaded and the server's limits
+    # 2. the request against what is loaded, the server's limits and the model's context (in tokens)
     info = engine.adapter(body.adapter or engine.default_adapter)
     if info is None:
         loaded = sorted(a.name for a in engine.adapters())
