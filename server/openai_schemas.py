@@ -2,7 +2,7 @@
 
 Requests use OpenAI's field names and turn into the one `SolveRequest` the solve path runs
 (`to_solve`): `model` is the adapter, the question is the prompt (completions) or the last
-user message (chat; system, developer and earlier messages are read and ignored — the
+user message (chat; every other message, before or after it, is read and ignored — the
 adapters were trained on bare questions, with no chat template and no memory of turns).
 kava's own knobs (`mode`, `num_iterations`, `return_latents`) are extra body fields
 (`extra_body=` in the openai package). The schema declares exactly what the server honours:
@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -28,10 +29,21 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from server.schemas import Mode, SolveRequest, Timings
+from server.schemas import INTEGRAL, NOT_BLANK, JsonInt, Mode, SolveRequest, Timings
 
 FinishReason = Literal["stop", "length"]
-Question = Annotated[str, Field(pattern=r"\S")]  # not blank, said in the schema too
+
+
+def _not_blank(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("blank", "must contain more than whitespace")
+    return value
+
+
+# question text: not blank, by Python's `str.strip` (the check) and NOT_BLANK (the schema)
+QuestionText = Annotated[
+    str, Field(min_length=1, json_schema_extra={"pattern": NOT_BLANK}), BeforeValidator(_not_blank)
+]
 
 _GREEDY = "decoding is greedy (argmax: one deterministic answer)"
 _NO_TOOLS = "this server answers math questions and calls no tools"
@@ -90,19 +102,23 @@ class _OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, description="adapter name, as listed by GET /v1/models")
-    max_tokens: int | None = Field(default=None, ge=1, description="answer tokens to decode at most")
+    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = Field(
+        default=None, description="answer tokens to decode at most"
+    )
     stream: bool = Field(default=False, description="send the answer as server-sent events")
     stream_options: StreamOptions | None = Field(default=None, description="read only with stream: true")
     # kava's knobs: extra body fields
     mode: Mode = Field(default="latent", description="kava: latent, or cot = the same adapter writing its CoT")
-    num_iterations: int | None = Field(default=None, ge=0, description="kava: T override (Jacobi iterations)")
+    num_iterations: Annotated[int, Field(ge=0), INTEGRAL] | None = Field(
+        default=None, description="kava: T override (Jacobi iterations)"
+    )
     return_latents: bool = Field(default=False, description="kava: nearest vocabulary token of each latent slot")
     # accepted, with no effect under greedy decoding
     top_p: float | None = Field(default=None, gt=0, le=1, description="accepted; no effect (greedy decoding)")
-    seed: int | None = Field(default=None, description="accepted; no effect (greedy decoding is deterministic)")
+    seed: JsonInt | None = Field(default=None, description="accepted; no effect (greedy decoding is deterministic)")
     user: str | None = Field(default=None, description="accepted and ignored")
     # only the value that asks for what greedy decoding does anyway (see UNSUPPORTED)
-    n: int | None = Field(default=None, ge=1, le=1, description="must be 1")
+    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = Field(default=None, description="must be 1")
     temperature: float | None = Field(default=None, ge=0, le=0, description="must be 0 (greedy decoding)")
     presence_penalty: float | None = Field(default=None, ge=0, le=0, description="must be 0")
     frequency_penalty: float | None = Field(default=None, ge=0, le=0, description="must be 0")
@@ -133,6 +149,7 @@ class _OpenAIRequest(BaseModel):
         )
 
 
+# Chat messages -----------------------------------------------------------------------------
 class TextPart(BaseModel):
     model_config = ConfigDict(strict=True)  # other keys (e.g. cache hints) are ignored
 
@@ -140,58 +157,78 @@ class TextPart(BaseModel):
     text: str
 
 
-def _text(content: str | list[TextPart] | None) -> str:
-    """A message's text: a string, or its text parts joined by newlines."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    return "\n".join(part.text for part in content)
+class QuestionPart(TextPart):
+    text: QuestionText
 
 
-class ChatMessage(BaseModel):
-    # extra fields allowed: an assistant message echoed back from a response carries
-    # refusal, annotations, audio, ... (all null), and assistant messages are ignored anyway
+class UserMessage(BaseModel):
+    """A user turn. The last one is the question: a string, or a list of one text part."""
+
     model_config = ConfigDict(extra="allow", strict=True)
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["user"]
+    content: QuestionText | Annotated[list[QuestionPart], Field(min_length=1, max_length=1)]
+    name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else self.content[0].text
+
+
+class OtherMessage(BaseModel):
+    """A system, developer or assistant turn: read and ignored. Extra fields are allowed: an
+    assistant message echoed back from a response carries refusal, annotations, ... (null)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Literal["system", "developer", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
 
-    @field_validator("role", mode="before")
-    @classmethod
-    def _no_tool_turns(cls, value: Any) -> Any:
-        if value in ("tool", "function"):
-            raise PydanticCustomError("unsupported", f"{value} messages are not supported: {_NO_TOOLS}")
-        return value
 
-    @field_validator("content", mode="before")
-    @classmethod
-    def _text_parts_only(cls, value: Any) -> Any:
-        # one clear message instead of an error per branch of the union
-        if value is None or isinstance(value, str):
-            return value
-        shape = "must be a string or a list of text parts {'type': 'text', 'text': '...'}"
-        if not isinstance(value, list):
-            raise PydanticCustomError("content", shape)
-        for part in value:
-            if isinstance(part, dict) and part.get("type") not in ("text", None):
-                why = f"only text content parts are supported, got type {part['type']!r}"
-                raise PydanticCustomError("unsupported", why)
-            if not (isinstance(part, dict) and isinstance(part.get("text"), str)):
-                raise PydanticCustomError("content", shape)
-        return value
+Message = Annotated[UserMessage | OtherMessage, Field(discriminator="role")]
+ROLES = ("user", "system", "developer", "assistant")
+
+
+def _message_problem(message: Any) -> str | None:
+    """What is wrong with one raw message, said plainly (before the tagged union's own errors)."""
+    if not isinstance(message, dict):
+        return None
+    role, content = message.get("role"), message.get("content")
+    if role in ("tool", "function"):
+        return f"{role} messages are not supported: {_NO_TOOLS}"
+    if role not in ROLES:
+        return f"role must be one of {', '.join(map(repr, ROLES))} (got {role!r})"
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and part.get("type", "text") != "text":
+            return f"only text content is supported, got a {part['type']!r} part"
+    if role != "user":
+        return None
+    text = content[0].get("text") if isinstance(content, list) and content and isinstance(content[0], dict) else content
+    if isinstance(content, list) and len(content) != 1:
+        return f"send the question as a string or as one text part (got {len(content)} parts)"
+    if not isinstance(text, str):
+        return "a user message needs content: a string, or a list of one text part {'type': 'text', 'text': '...'}"
+    if not text.strip():
+        return "a user message must contain more than whitespace"
+    return None
+
+
+_HAS_A_USER_MESSAGE = {"contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]}}
 
 
 class ChatCompletionRequest(_OpenAIRequest):
-    messages: list[ChatMessage] = Field(
+    messages: list[Message] = Field(
         min_length=1,
-        description="the last message must be the user's question; system, developer and earlier messages "
-        "are ignored (the adapters were trained on bare questions)",
+        json_schema_extra=_HAS_A_USER_MESSAGE,
+        description="the question is the last user message; every other message (system, developer, assistant, "
+        "before or after it) is ignored: the adapters were trained on bare questions, with no chat template "
+        "and no memory of earlier turns",
     )
-    max_completion_tokens: int | None = Field(
-        default=None, ge=1, description="answer tokens to decode at most; wins over max_tokens when both are sent"
+    max_completion_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = Field(
+        default=None, description="answer tokens to decode at most; wins over max_tokens when both are sent"
     )
     logprobs: Literal[False] | None = Field(default=None, description="must be false")
-    top_logprobs: int | None = Field(default=None, ge=0, le=0, description="must be 0")
+    top_logprobs: Annotated[int, Field(ge=0, le=0), INTEGRAL] | None = Field(default=None, description="must be 0")
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=0, description="must be empty")
     tool_choice: Literal["none"] | None = Field(default=None, description="must be 'none'")
     parallel_tool_calls: bool | None = Field(default=None, description="accepted; no effect without tools")
@@ -203,32 +240,33 @@ class ChatCompletionRequest(_OpenAIRequest):
         "logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call", "response_format"
     )
 
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _plain_messages(cls, value: Any) -> Any:
+        for i, message in enumerate(value if isinstance(value, list) else ()):
+            if (problem := _message_problem(message)) is not None:
+                raise PydanticCustomError("message", f"message {i}: {problem}")
+        return value
+
     @field_validator("messages")
     @classmethod
-    def _ends_with_a_question(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        last = value[-1]
-        if last.role != "user":
-            raise PydanticCustomError(
-                "last_message",
-                f"the last message must be the user's question (got role {last.role!r}); "
-                "continuing an assistant message is not supported",
-            )
-        if not _text(last.content).strip():
-            raise PydanticCustomError("blank", "the last user message must contain more than whitespace")
+    def _has_a_question(cls, value: list[UserMessage | OtherMessage]) -> list[UserMessage | OtherMessage]:
+        if not any(isinstance(m, UserMessage) for m in value):
+            raise PydanticCustomError("no_question", "must include a user message: the last one is the question")
         return value
 
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def question(self) -> str:
-        return _text(self.messages[-1].content)
+        return next(m for m in reversed(self.messages) if isinstance(m, UserMessage)).text()
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: Question | Annotated[list[Question], Field(min_length=1, max_length=1)] = Field(
+    prompt: QuestionText | Annotated[list[QuestionText], Field(min_length=1, max_length=1)] = Field(
         description="the question: one string, or a list holding one string"
     )
-    best_of: int | None = Field(default=None, ge=1, le=1, description="must be 1")
+    best_of: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = Field(default=None, description="must be 1")
     echo: Literal[False] | None = Field(default=None, description="must be false")
     logprobs: None = Field(default=None, description="must be left out")
     suffix: None = Field(default=None, description="must be left out")
@@ -247,8 +285,7 @@ class CompletionRequest(_OpenAIRequest):
         if not isinstance(text, str):
             shape = "must be a string, or a list holding one string (token ids are not read)"
             raise PydanticCustomError("prompt", shape)
-        if not text.strip():  # before the pattern below, for a message that says what is wrong
-            raise PydanticCustomError("blank", "must contain more than whitespace")
+        _not_blank(text)
         return value
 
     def question(self) -> str:

@@ -86,8 +86,9 @@ def test_chat_latent_matches_solving_alone(client, tiny_model):
         {"role": "user", "content": "An earlier question?"},
         {"role": "assistant", "content": "An earlier answer."},
         {"role": "user", "content": QUESTIONS[0]},
+        {"role": "assistant", "content": "The answer"},  # after the question: ignored too, not continued
     ]
-    r = client.chat.completions.create(model="tiny", messages=messages)
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6.0)  # JSON Schema's integer
     want = alone(tiny_model, QUESTIONS[0])
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == "tiny"
     (choice,) = r.choices
@@ -316,13 +317,14 @@ REFUSED_CHAT = [
     (dict(extra_body={"mode": "sample"}), "mode", "latent"),
     (dict(extra_body={"num_iterations": True}), "num_iterations", "integer"),
     (dict(extra_body={"beam_width": 4}), "beam_width", "not permitted"),
-    (dict(messages=[*USER, {"role": "assistant", "content": "The"}]), "messages", "last message must be"),
+    (dict(messages=[{"role": "system", "content": "Be brief."}]), "messages", "must include a user message"),
     (dict(messages=[{"role": "user", "content": "  "}]), "messages", "more than whitespace"),
-    (dict(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages.0.content", "string"),
-    (dict(messages=[{"role": "tool", "content": "4", "tool_call_id": "x"}]), "messages.0.role", "tool messages"),
+    (dict(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages", "needs content"),
+    (dict(messages=[{"role": "user"}]), "messages", "message 0: a user message needs content"),
+    (dict(messages=[*USER, {"role": "tool", "content": "4", "tool_call_id": "x"}]), "messages", "message 1: tool"),
     (
         dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
-        "messages.0.content",
+        "messages",
         "only text content",
     ),
     (dict(messages=[{"role": "user", "content": "9" * (QUESTION_LIMIT + 1)}]), "messages", "question"),

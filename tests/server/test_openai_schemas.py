@@ -81,6 +81,11 @@ def test_refused_values_are_422_material_and_outside_the_declared_schema(spec, f
         (ChatCompletionRequest, {**CHAT, "messages": [{"role": "tool", "content": "4"}]}),
         (ChatCompletionRequest, {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
         (ChatCompletionRequest, {**CHAT, "beam_width": 4}),
+        (ChatCompletionRequest, {**CHAT, "messages": [{"role": "system", "content": "no question"}]}),
+        (ChatCompletionRequest, {**CHAT, "messages": [{"role": "user"}]}),
+        (ChatCompletionRequest, {**CHAT, "messages": [{"role": "user", "content": " "}]}),
+        (ChatCompletionRequest, {**CHAT, "max_tokens": True}),
+        (ChatCompletionRequest, {**CHAT, "max_tokens": 2.5}),
     ],
 )
 def test_shapes_refused_by_the_validators_are_refused_by_the_schema(spec, model, body):
@@ -96,7 +101,8 @@ def test_the_question_and_the_limits():
             "messages": [
                 {"role": "system", "content": "ignored"},
                 {"role": "assistant", "content": None, "refusal": None},  # echoed back from a response
-                {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "text", "text": "parts"}]},
+                {"role": "user", "content": [{"type": "text", "text": "one part"}]},
+                {"role": "assistant", "content": "The answer"},  # after the question: ignored as well
             ],
             "max_tokens": 3,
             "max_completion_tokens": 5,
@@ -104,6 +110,13 @@ def test_the_question_and_the_limits():
         }
     )
     solve = chat.to_solve()
-    assert (solve.question, solve.max_new_tokens, solve.adapter) == ("two\nparts", 5, "tiny")
+    assert (solve.question, solve.max_new_tokens, solve.adapter) == ("one part", 5, "tiny")
     assert chat.include_usage() is False
     assert CompletionRequest.model_validate({**COMPLETION, "prompt": ["q"]}).to_solve().question == "q"
+
+
+def test_integers_as_json_schema_counts_them(spec):
+    body = {**CHAT, "max_tokens": 3.0, "n": 1.0, "seed": 7.0, "num_iterations": 0.0}
+    request = ChatCompletionRequest.model_validate(body)
+    assert (request.max_tokens, request.n, request.seed, request.num_iterations) == (3, 1, 7, 0)
+    assert _validator(spec, ChatCompletionRequest).is_valid(body)
