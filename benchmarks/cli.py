@@ -90,7 +90,8 @@ def _serving(args: argparse.Namespace, questions: list[str]) -> dict:
     if not args.no_baseline:
         with spawned_server([*serve, "--max-batch-size", "1"], env=env) as url:
             baseline = asyncio.run(run_load(url, questions, load, api_key=key))
-    return compare(load, batched, baseline, "server with max_batch_size=1", control)
+    kind = "server with max_batch_size=1" if baseline is not None else "none (--no-baseline)"
+    return compare(load, batched, baseline, kind, control)
 
 
 def run(args: argparse.Namespace) -> int:
