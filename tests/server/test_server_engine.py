@@ -200,3 +200,28 @@ def test_a_broken_token_hook_does_not_stop_the_job():
     got = out.wait(1)
     engine.stop(5)
     assert isinstance(got["q"], JobResult)
+
+
+def test_the_model_runner_streams_tokens_and_mixes_modes(runner, tiny_model):
+    """Over the real runner: latent and CoT jobs in one running batch answer what they answer
+    alone, and each job's on_token texts add up to its answer."""
+    from server_harness import QUESTIONS
+
+    from kava.generate import solve_batch
+
+    out = Outcomes()
+    streamed: dict[str, list[str]] = {}
+    engine = _engine(runner, max_batch_size=8, max_wait_ms=50)
+    keys = [BatchKey("tiny", "latent", 3), BatchKey("tiny", "cot", None), BatchKey("tiny", "latent", 1)]
+    for i, q in enumerate(QUESTIONS[:6]):
+        job = out.job(q, keys[i % 3], passes=6)
+        job.on_token = lambda token, text, q=q: streamed.setdefault(q, []).append(text)
+        engine.submit(job)
+    got = out.wait(6)
+    engine.stop(5)
+    for i, q in enumerate(QUESTIONS[:6]):
+        key = keys[i % 3]
+        alone = solve_batch(tiny_model, [q], mode=key.mode, num_iterations=key.num_iterations, max_new_tokens=6)
+        assert got[q].result.text == alone.results[0].text
+        assert "".join(streamed[q]).strip() == got[q].result.text
+        assert len(streamed[q]) == got[q].result.generated_tokens
