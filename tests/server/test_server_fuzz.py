@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from server_harness import app_over, live_server
 
 KEY = "fuzz-key"
-EXAMPLES = 40
+EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
