@@ -32,6 +32,12 @@ METHODS: dict[str, tuple[str, list[str], str]] = {
     "pccot": ("PCCoT (Jacobi, no KV loss)", ["method.objective=pccot"], "latent"),
     "kava": ("KaVa (R-KV eviction)", ["method.objective=kava"], "latent"),
     "kava-crop": ("KaVa (crop eviction)", ["method.objective=kava", "method.eviction=crop"], "latent"),
+    "kava-prerope": ("KaVa (R-KV, pre-RoPE keys)", ["method.objective=kava", "method.kv_key_space=pre_rope"], "latent"),
+    "kava-curriculum": (
+        "KaVa + curriculum (3 stages of 150 steps)",
+        ["method.objective=kava", "curriculum.stages=3", "curriculum.steps_per_stage=150"],
+        "latent",
+    ),
 }
 STYLES = {"equation": "equation-only (AUG)", "nl": "natural language (AUG-NL)"}
 
