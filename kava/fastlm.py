@@ -260,9 +260,29 @@ class KVCache:
 
 
 @dataclass
+class Split:
+    """A mixed pass (some rows add one token, some many): the one-token rows attend on a
+    (B, 1) query grid over the batch's cache view, the multi-token rows on their own
+    (Bm, Wm) grid over a copy of their cache rows — instead of every row padded to W."""
+
+    first: torch.Tensor  # (B,) packed index of each row's first token (a one-token row's only one)
+    view1: int  # cache columns the (B, 1) grid reads
+    mask1: torch.Tensor  # (B, 1, 1, view1)
+    ones_rows: torch.Tensor  # (S,) rows that add one token
+    ones_pos: torch.Tensor  # (S,) their packed index
+    multi_rows: torch.Tensor  # (Bm,) rows that add several
+    multi_pos: torch.Tensor  # (Nm,) packed index of their tokens
+    pad: torch.Tensor  # (Nm,) index into the (Bm * Wm) grid
+    width: int  # Wm
+    view: int  # cache columns the multi-token grid reads
+    mask: torch.Tensor  # (Bm, 1, Wm, view)
+
+
+@dataclass
 class Plan:
     """Where one pass's packed tokens go: row r writes counts[r] tokens at cache indices
-    starts[r].. (position id = cache index: a row's tokens start at index 0, unpadded)."""
+    starts[r].. (position id = cache index: a row's tokens start at index 0, unpadded).
+    Attention runs on a query grid: (B, W) with rows padded to the widest, or a `Split`."""
 
     rows: int  # B: slots 0..B-1 take part
     width: int  # W: the most tokens any row adds
@@ -270,7 +290,8 @@ class Plan:
     slot: torch.Tensor  # (N,) each token's row
     pos: torch.Tensor  # (N,) each token's cache index and position id
     pad: torch.Tensor | None  # (N,) index into the (B * W) query grid; None when packed == grid
-    mask: torch.Tensor  # (B, 1, W, view) bool: key k visible to query j of row r iff k <= starts[r] + j
+    mask: torch.Tensor | None  # (B, 1, W, view) bool: key k visible to query j of row r iff k <= starts[r] + j
+    split: Split | None = None  # a mixed pass (then pad and mask are None)
 
     @classmethod
     def build(cls, starts: Sequence[int], counts: Sequence[int], device: torch.device) -> Plan:
@@ -278,16 +299,54 @@ class Plan:
         view = max(s + n for s, n in zip(starts, counts))
         slot = [r for r, n in enumerate(counts) for _ in range(n)]
         pos = [s + j for s, n in zip(starts, counts) for j in range(n)]
+        multi = [r for r, n in enumerate(counts) if n > 1]
+        if 0 < len(multi) < b:
+            return cls._mixed(starts, counts, multi, view, slot, pos, device)
         grid = None if all(n == w for n in counts) else [r * w + j for r, n in enumerate(counts) for j in range(n)]
         host = torch.tensor(slot + pos + (grid or []) + list(starts), dtype=torch.long)
         host = host.to(device, non_blocking=True)
         n = len(slot)
         slot_t, pos_t = host[:n], host[n : 2 * n]
         pad_t = host[2 * n : 3 * n] if grid is not None else None
-        start_t = host[-b:]
-        qend = start_t[:, None] + torch.arange(w, device=device)  # (B, W)
-        mask = torch.arange(view, device=device) <= qend[:, None, :, None]  # (B, 1, W, view)
+        mask = _mask(host[-b:], w, view)
         return cls(b, w, view, slot_t, pos_t, pad_t, mask)
+
+    @classmethod
+    def _mixed(cls, starts, counts, multi, view, slot, pos, device) -> Plan:
+        offsets = [0]
+        for n in counts[:-1]:
+            offsets.append(offsets[-1] + n)
+        ones = [r for r, n in enumerate(counts) if n == 1]
+        wm = max(counts[r] for r in multi)
+        parts = [
+            slot,
+            pos,
+            offsets,
+            list(starts),
+            ones,
+            [offsets[r] for r in ones],
+            multi,
+            [offsets[r] + j for r in multi for j in range(counts[r])],
+            [i * wm + j for i, r in enumerate(multi) for j in range(counts[r])],
+            [starts[r] for r in multi],
+        ]
+        host = torch.tensor([v for part in parts for v in part], dtype=torch.long).to(device, non_blocking=True)
+        t, at = [], 0
+        for part in parts:
+            t.append(host[at : at + len(part)])
+            at += len(part)
+        slot_t, pos_t, first, start_t, ones_rows, ones_pos, multi_rows, multi_pos, pad, multi_start = t
+        view1 = max(starts) + 1
+        view_m = max(starts[r] + counts[r] for r in multi)
+        split = Split(first, view1, _mask(start_t, 1, view1), ones_rows, ones_pos, multi_rows, multi_pos, pad, wm,
+                      view_m, _mask(multi_start, wm, view_m))  # fmt: skip
+        return cls(len(starts), max(counts), view, slot_t, pos_t, None, None, split)
+
+
+def _mask(starts: torch.Tensor, width: int, view: int) -> torch.Tensor:
+    """(B, 1, width, view) bool: key k visible to query j of row r iff k <= starts[r] + j."""
+    qend = starts[:, None] + torch.arange(width, device=starts.device)  # (B, W)
+    return torch.arange(view, device=starts.device) <= qend[:, None, :, None]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -295,18 +354,37 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """(B, W, Hq, d) queries on (B, Hkv, view, d) keys and values -> (B * W, Hq d)."""
+    b, w, hq, d = q.shape
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, attn_mask=mask, scale=scaling, enable_gqa=hq != k.shape[1]
+    )  # (B, Hq, W, d)
+    return out.transpose(1, 2).reshape(b * w, hq * d)
+
+
+def _grid(q: torch.Tensor, pad: torch.Tensor | None, rows: int, width: int) -> torch.Tensor:
+    """Packed (N, Hq, d) -> the (rows, width, Hq, d) query grid, zeros where a row is short."""
+    n, hq, d = q.shape
+    grid = q if pad is None else q.new_zeros(rows * width, hq, d).index_copy_(0, pad, q)
+    return grid.view(rows, width, hq, d)
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scaling: float) -> torch.Tensor:
     """q (N, Hq, d) against rows 0..B-1 of one layer's cache (rows, Hkv, L, d) -> (N, Hq d)."""
-    n, hq, d = q.shape
-    b, w = plan.rows, plan.width
-    grid = q if plan.pad is None else q.new_zeros(b * w, hq, d).index_copy_(0, plan.pad, q)
-    grid = grid.view(b, w, hq, d).transpose(1, 2)  # (B, Hq, W, d)
-    keys, values = k[:b, :, : plan.view], v[:b, :, : plan.view]  # (B, Hkv, view, d)
-    out = F.scaled_dot_product_attention(
-        grid, keys, values, attn_mask=plan.mask, scale=scaling, enable_gqa=hq != k.shape[1]
-    )  # (B, Hq, W, d)
-    out = out.transpose(1, 2).reshape(b * w, hq * d)
-    return out if plan.pad is None else out.index_select(0, plan.pad)
+    b, sp = plan.rows, plan.split
+    if sp is None:
+        out = _sdpa(_grid(q, plan.pad, b, plan.width), k[:b, :, : plan.view], v[:b, :, : plan.view], plan.mask, scaling)
+        return out if plan.pad is None else out.index_select(0, plan.pad)
+    out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])  # (N, Hq d)
+    first = q.index_select(0, sp.first)[:, None]  # (B, 1, Hq, d)
+    ones = _sdpa(first, k[:b, :, : sp.view1], v[:b, :, : sp.view1], sp.mask1, scaling)  # (B, Hq d)
+    out.index_copy_(0, sp.ones_pos, ones.index_select(0, sp.ones_rows))
+    km = k[:, :, : sp.view].index_select(0, sp.multi_rows)  # (Bm, Hkv, view, d), a copy of few rows
+    vm = v[:, :, : sp.view].index_select(0, sp.multi_rows)
+    grid = _grid(q.index_select(0, sp.multi_pos), sp.pad, len(sp.multi_rows), sp.width)
+    out.index_copy_(0, sp.multi_pos, _sdpa(grid, km, vm, sp.mask, scaling).index_select(0, sp.pad))
+    return out
 
 
 def forward(lm: FastLM, cache: KVCache, x: torch.Tensor, plan: Plan) -> torch.Tensor:
