@@ -193,8 +193,9 @@ def serving_table(report: dict) -> str:
                 f"{_ms(s['ttft_s'])} | {_ms(s['e2e_s'])} |"
             )
     load = Load(**report["load"])
-    note = f"\nLoad: {load.describe()}; baseline: {report['baseline_kind']}; "
-    note += f"speedup {_num(report['speedup'])}x req/s."
+    note = f"\nLoad: {load.describe()}; baseline: {report['baseline_kind']}."
+    if report["speedup"] is not None:
+        note += f" Speedup {report['speedup']:.2f}x req/s."
     if "latent_p99_ttft_mixed_vs_alone" in report:
         note += f" Latent p99 TTFT, mixed / alone: {_num(report['latent_p99_ttft_mixed_vs_alone'])}x."
     return "\n".join([head, *rows]) + "\n" + note + "\n"
