@@ -37,6 +37,7 @@ from kava.backbone import (
     resolve_dtype,
 )
 from kava.config import ConfigError, LoraSettings, MethodConfig
+from kava.model_card import render_model_card
 from kava.prompts import SPECIAL_TOKENS, TokenIds
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,31 @@ def save_adapter(model: KavaModel, path: str | Path, *, extra: dict[str, Any] | 
         extra=extra or {},
     )
     (path / KAVA_CONFIG).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    if lora_on:  # peft records the base's resolved local path; an adapter must travel: keep the id it was given
+        peft_cfg = json.loads((path / "adapter_config.json").read_text())
+        peft_cfg["base_model_name_or_path"] = model.base_model_id
+        (path / "adapter_config.json").write_text(json.dumps(peft_cfg, indent=2, sort_keys=True) + "\n")
+    write_model_card(path, manifest)
     return path
+
+
+def write_model_card(
+    path: str | Path, manifest: AdapterManifest | None = None, *, evaluation: dict[str, Any] | None = None
+) -> None:
+    """(Re)write the adapter's `README.md` from its manifest, with evaluation numbers if given."""
+    path = Path(path)
+    manifest = manifest or read_manifest(path)
+    extra = manifest.extra or {}
+    (path / "README.md").write_text(
+        render_model_card(
+            base_model=manifest.base_model,
+            method=manifest.method,
+            lora=manifest.lora,
+            train_config=extra.get("train_config"),
+            evaluation=evaluation,
+            command=extra.get("command"),
+        )
+    )
 
 
 # Reading and checking -----------------------------------------------------------------------

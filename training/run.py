@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kava.adapters import save_adapter
+from kava.adapters import save_adapter, write_model_card
 from kava.backbone import build_model, resolve_device
 from kava.losses import training_step
 from kava.prompts import encode_training_batch
@@ -127,7 +129,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = T
         return res
 
     def save_fn(path: Path) -> None:
-        save_adapter(model, path, extra={"train_config": cfg.to_dict(), "trainable_parameters": n_train})
+        extra = {"train_config": cfg.to_dict(), "trainable_parameters": n_train, "command": shlex.join(sys.argv)}
+        save_adapter(model, path, extra=extra)
 
     use_eval = cfg.eval.final or cfg.optim.eval_every > 0
     trainer = Trainer(
@@ -141,4 +144,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = T
         device=device,
         schedule=curriculum,
     )
-    return trainer.fit(stop_after=stop_after)
+    last = trainer.fit(stop_after=stop_after)
+    if last.get("eval") and (out / "adapter" / "kava_config.json").is_file():
+        write_model_card(out / "adapter", evaluation=last["eval"])
+    return last

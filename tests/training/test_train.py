@@ -223,3 +223,15 @@ def test_gated_curriculum_records_its_boundaries_and_resumes_exactly(tiny_bases,
     b = load_adapter(tmp_path / "b" / "adapter").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_adapters_travel_with_their_base_id_and_a_filled_model_card(tiny_bases, tmp_path):
+    cfg = build_config(toy_config(tmp_path, tiny_bases["llama"]))
+    train(cfg, progress=False)
+    adapter = tmp_path / "run" / "adapter"
+    peft_cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert peft_cfg["base_model_name_or_path"] == str(tiny_bases["llama"])  # the id it was given, as given
+    card = (adapter / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ")
+    for needle in ("latents M / iterations T | 3 / 2", "| latent |", "training data", "## Made with"):
+        assert needle in card, needle
