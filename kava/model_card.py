@@ -75,7 +75,7 @@ def render_model_card(
                     else f"| {mode} | {r.get('n', '–')} | {_pct(r.get('accuracy'))} | – |"
                 )
     lines += ["", "## Use", "", "```python", "from kava import load_adapter, solve_batch", ""]
-    lines += ['model = load_adapter("path/to/this/adapter")', 'print(solve_batch(model, ["..."]).results[0].answer)']
+    lines += ['model = load_adapter("path/to/this/adapter")', 'answer = solve_batch(model, ["..."]).results[0].answer']
     lines += ["```", "", "or `kava serve --adapter name=path/to/this/adapter`."]
     if command:
         lines += ["", "## Made with", "", "```bash", command, "```"]
