@@ -28,7 +28,15 @@ def test_shipped_files_match_their_recorded_hashes_and_fit_the_budget():
     for name, digest in recorded.items():
         assert hashlib.sha256((BUILTIN_DIR / name).read_bytes()).hexdigest() == digest, name
     total = sum(p.stat().st_size for p in BUILTIN_DIR.rglob("*") if p.is_file())
-    assert total < 30 * 2**20, f"built-in model is {total / 2**20:.1f} MiB"
+    assert total < 40 * 2**20, f"built-in model is {total / 2**20:.1f} MiB"
+
+
+@needs_builtin
+def test_shipped_adapter_names_its_base_by_id_and_has_a_model_card():
+    peft_cfg = json.loads((BUILTIN_ADAPTER / "adapter_config.json").read_text())
+    assert peft_cfg["base_model_name_or_path"] == "kava-builtin"
+    card = (BUILTIN_ADAPTER / "README.md").read_text()
+    assert "base_model: kava-builtin" in card and "| latent |" in card and "| cot |" in card
 
 
 @needs_builtin
