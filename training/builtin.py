@@ -24,10 +24,10 @@ from training.trainer import OptimSettings
 log = logging.getLogger(__name__)
 
 NUM_TRAIN = 40_000
-BASE_SHAPE = BackboneShape(num_layers=6)  # v2: 6 layers (v1 had 4) for more computation per latent pass
+BASE_SHAPE = BackboneShape()
 SUMMARY_FILES = ("SHA256SUMS", "regression.json")
 BASE_SETTINGS = OptimSettings(
-    lr=2e-3, weight_decay=0.1, warmup_ratio=0.05, max_steps=600, batch_size=64, grad_clip=1.0, save_every=50
+    lr=2e-3, weight_decay=0.1, warmup_ratio=0.05, max_steps=900, batch_size=64, grad_clip=1.0, save_every=50
 )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from kava.config import MethodConfig
@@ -27,26 +27,17 @@ log = logging.getLogger(__name__)
 EOS, PAD, UNK = "<eos>", "<pad>", "<unk>"
 
 
-NUMBERS = " ".join(str(i) for i in range(100))  # every chunk 0..99 becomes one token
-
-
 def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Byte-level BPE where numbers split into chunks of at most two digits and every chunk
-    0..99 is one token (as Llama 3 keeps up to three digits in one token): a step's result
-    is then one token, which the teacher writes in one forward pass and a latent can carry.
-    Saved as `tokenizer.json`."""
+    """Byte-level BPE with every digit its own token, saved as `tokenizer.json`."""
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\d{1,2}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[UNK, EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator([*texts, *[NUMBERS] * 50], trainer)
+    tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, eos_token=EOS, pad_token=PAD)
     fast.save_pretrained(str(out_dir))
     return fast

@@ -37,7 +37,7 @@ def test_every_stage_of_the_builtin_build_runs(tmp_path: Path) -> None:
     assert build_base(work, dest=root / "base", shape=TINY, settings=STEPS, num_train=32)
     assert (root / "base" / "model.safetensors").is_file()
     tok = json.loads((root / "base" / "tokenizer.json").read_text())
-    assert all(str(i) in tok["model"]["vocab"] for i in range(100)), "numbers 0..99 must be single tokens"
+    assert all(str(i) in tok["model"]["vocab"] for i in range(10)), "every digit is its own token"
 
     assert build_adapter(work, str(root / "base"), root / "adapter", overrides=ADAPTER)
     model = load_adapter(root / "adapter", device="cpu", dtype="float32")

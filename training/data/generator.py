@@ -39,7 +39,6 @@ NAMES = (
     "Clara", "Felix", "Yara", "Oscar", "Nadia",
 )  # fmt: skip
 POSSESSIVE = {name: ("his", "her")[i % 2] for i, name in enumerate(NAMES)}  # NAMES alternate he/she
-SUBJECT = {name: ("he", "she")[i % 2] for i, name in enumerate(NAMES)}
 OBJECTS = (
     "apples", "marbles", "stickers", "pencils", "cookies", "books", "stamps", "shells", "cards",
     "toy cars", "oranges", "eggs", "candies", "balloons", "crayons", "beads", "buttons",
@@ -57,7 +56,6 @@ class _State:
     obj: str
     cast: tuple[str, ...]  # names in story order; cast[0] is the first holder
     used: frozenset[str]  # names already mentioned (a new holder must be a fresh name)
-    said: str = ""  # the subject of the last sentence: a pronoun may stand for it
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,6 @@ class _Move:
     c: int
     state: _State
     question: str | None = None  # a final move fixes the question; None means "how many now?"
-    vp: str | None = None  # the holder's verb phrase, when the story sentence is "<holder> <vp>."
 
 
 Op = Callable[[random.Random, _State, int], "_Move | None"]
@@ -106,18 +103,11 @@ def _move(
     *,
     holder: str | None = None,
     question: str | None = None,
-    vp: str | None = None,
 ) -> _Move:
     assert c >= 0 and APPLY[op](a, b) == c and (op != "/" or a % b == 0), (a, op, b, c)
     holder = holder or s.holder
-    state = replace(s, holder=holder, value=c, used=s.used | {holder}, said=holder)
-    return _Move(story, nl, a, op, b, c, state, question, vp)
-
-
-def _sentence(rng: random.Random, s: _State, vp: str) -> str:
-    """`<holder> <vp>.`, or `He/She <vp>.` when the last sentence was about the holder."""
-    subject = SUBJECT[s.holder].capitalize() if s.said == s.holder and rng.random() < 0.4 else s.holder
-    return f"{subject} {vp}."
+    state = replace(s, holder=holder, value=c, used=s.used | {holder})
+    return _Move(story, nl, a, op, b, c, state, question)
 
 
 # 1. Middle moves: each is one equation and keeps the question "how many does X have?" ---------
@@ -126,26 +116,17 @@ def _add(rng: random.Random, s: _State, top: int) -> _Move | None:
     if top - s.value < 2:
         return None
     k = rng.randint(2, min(top - s.value, max(2, top // 2)))
-    h, o, x, his = s.holder, _other(rng, s), s.value, _poss(s.holder)
-    vp = rng.choice(
+    h, o, x = s.holder, _other(rng, s), s.value
+    story = rng.choice(
         (
-            f"buys {k} more {s.obj}",
-            f"finds {k} more {s.obj}",
-            f"finds {k} more",
-            f"gets {k} more {s.obj} from {o}",
-            f"is given {k} more {s.obj}",
-            f"picks up {k} more {s.obj}",
-            f"receives {k} {s.obj} from {o}",
-            f"adds {k} {s.obj} to {his} collection",
-            f"then buys {k} more",
+            f"{h} buys {k} more {s.obj}.",
+            f"{h} finds {k} more {s.obj}.",
+            f"{o} gives {h} {k} {s.obj}.",
+            f"{h} gets {k} more {s.obj} from {o}.",
         )
     )
-    if rng.random() < 0.2:
-        vp, story = None, rng.choice((f"{o} gives {h} {k} {s.obj}.", f"{o} gives {h} {k} more {s.obj}."))
-    else:
-        story = _sentence(rng, s, vp)
     nl = rng.choice((f"{h} has {x}+{k}={x + k} {s.obj} now.", f"After that, {h} has {x}+{k}={x + k} {s.obj}."))
-    return _move(replace(s, used=s.used | {o}), story, nl, x, "+", k, x + k, vp=vp)
+    return _move(replace(s, used=s.used | {o}), story, nl, x, "+", k, x + k)
 
 
 def _sub(rng: random.Random, s: _State, top: int) -> _Move | None:
@@ -153,22 +134,16 @@ def _sub(rng: random.Random, s: _State, top: int) -> _Move | None:
         return None
     k = rng.randint(2, s.value - 2)
     h, o, x, his = s.holder, _other(rng, s), s.value, _poss(s.holder)
-    vp = rng.choice(
+    story = rng.choice(
         (
-            f"gives {k} {s.obj} to {o}",
-            f"gives away {k} {s.obj}",
-            f"gives away {k}",
-            f"loses {k} of {his} {s.obj}",
-            f"loses {k} {s.obj}",
-            f"sells {k} of {his} {s.obj}",
-            f"sells {k} of them",
-            f"gives {o} {k} of them",
-            f"uses {k} {s.obj}",
-            f"then loses {k}",
+            f"{h} gives {k} {s.obj} to {o}.",
+            f"{h} gives away {k} {s.obj}.",
+            f"{h} loses {k} of {his} {s.obj}.",
+            f"{h} sells {k} of {his} {s.obj}.",
         )
     )
     nl = rng.choice((f"{h} has {x}-{k}={x - k} {s.obj} left.", f"So {h} is left with {x}-{k}={x - k} {s.obj}."))
-    return _move(replace(s, used=s.used | {o}), _sentence(rng, s, vp), nl, x, "-", k, x - k, vp=vp)
+    return _move(replace(s, used=s.used | {o}), story, nl, x, "-", k, x - k)
 
 
 def _times(rng: random.Random, s: _State, top: int) -> _Move | None:
@@ -290,42 +265,12 @@ def _opening(rng: random.Random, s: _State, top: int) -> tuple[str, _Move | None
     packs = [(a, b) for a in range(2, 10) for b in range(2, 13) if a * b <= top]
     if packs and rng.random() < 0.3:
         (a, b), (many, one) = rng.choice(packs), rng.choice(CONTAINERS)
-        story = rng.choice(
-            (
-                f"{h} buys {a} {many} of {s.obj} with {b} {s.obj} in each {one}.",
-                f"{h} buys {a} {many} of {b} {s.obj}.",
-                f"{h} has {a} {many} with {b} {s.obj} in each.",
-                f"{h} gets {a} {many} of {s.obj}, and each {one} holds {b}.",
-            )
-        )
+        story = f"{h} buys {a} {many} of {s.obj} with {b} {s.obj} in each {one}."
         move = _move(s, story, f"{h} has {a}*{b}={a * b} {s.obj}.", a, "*", b, a * b)
         return story, move, move.state
     x = rng.randint(2, max(3, top * 2 // 3))
-    story = rng.choice(
-        (
-            f"{h} has {x} {s.obj}.",
-            f"{h} starts the day with {x} {s.obj}.",
-            f"{h} owns {x} {s.obj}.",
-            f"{h} had {x} {s.obj}.",
-            f"There are {x} {s.obj} in {h}'s bag.",
-        )
-    )
-    return story, None, replace(s, value=x, said=h)
-
-
-def _final_question(rng: random.Random, s: _State, last: _Move) -> str:
-    who = SUBJECT[s.holder] if s.said == s.holder and rng.random() < 0.4 else s.holder
-    options = [
-        f"How many {s.obj} does {who} have now?",
-        f"How many {s.obj} does {who} have in the end?",
-        f"How many {s.obj} does {who} have?",
-        f"How many does {who} have now?",
-    ]
-    if last.op == "-":
-        options += [f"How many {s.obj} does {who} have left?", f"How many {s.obj} are left?"]
-    if last.op == "+":
-        options += [f"How many {s.obj} does {who} have in total?", f"How many {s.obj} does {who} have altogether?"]
-    return rng.choice(options)
+    story = rng.choice((f"{h} has {x} {s.obj}.", f"{h} starts the day with {x} {s.obj}.", f"{h} owns {x} {s.obj}."))
+    return story, None, replace(s, value=x)
 
 
 def _problem(rng: random.Random, *, min_steps: int, max_steps: int, max_value: int, style: Style) -> Example:
@@ -340,14 +285,16 @@ def _problem(rng: random.Random, *, min_steps: int, max_steps: int, max_value: i
         ops += rng.sample(MIDDLE, len(MIDDLE))
         move = next((m for m in (op(rng, state, max_value) for op in ops) if m is not None), None)
         assert move is not None, f"no move fits value={state.value} under max_value={max_value}"
-        if not moves and move.vp is not None and rng.random() < 0.35:
-            story = [f"{opening[:-1]} and {move.vp}."]  # "Tom has 3 apples and buys 4 more."
-        else:
-            story.append(move.story)
         moves.append(move)
         state = move.state
+        story.append(move.story)
     final = moves[-1]
-    question = final.question or _final_question(rng, state, final)
+    question = final.question or rng.choice(
+        (
+            f"How many {state.obj} does {state.holder} have now?",
+            f"How many {state.obj} does {state.holder} have in the end?",
+        )
+    )
     if style == "equation":
         steps = tuple(f"<<{m.a}{m.op}{m.b}={m.c}>>" for m in moves)
     else:
