@@ -83,7 +83,11 @@ def test_kava_eval_reports_the_handwritten_set_as_its_own_row(tiny_bases, tmp_pa
     save_adapter(model, tmp_path / "a")
     hand = tmp_path / "hand.jsonl"
     rows = [
-        {"question": f"I have {i} pens and get 2 more. How many now?", "steps": [f"<<{i}+2={i + 2}>>"], "answer": str(i + 2)}
+        {
+            "question": f"I have {i} pens and get 2 more. How many now?",
+            "steps": [f"<<{i}+2={i + 2}>>"],
+            "answer": f"{i + 2}",
+        }
         for i in range(3)
     ]
     hand.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -107,6 +111,6 @@ def test_the_shipped_handwritten_set_is_well_formed():
         value = None
         for step in r["steps"]:
             lhs, rhs = step.strip("<>").split("=")
-            assert eval(lhs, {"__builtins__": {}}) == int(rhs), (r["question"], step)  # noqa: S307 (our own file)
+            assert eval(lhs, {"__builtins__": {}}) == int(rhs), (r["question"], step)  # our own file
             value = int(rhs)
         assert str(value) == r["answer"], r
