@@ -31,7 +31,11 @@ def _integral(value: object) -> object:
 # INTEGRAL]`), else pydantic writes them into the JSON schema as "ge" instead of "minimum".
 INTEGRAL = BeforeValidator(_integral)
 JsonInt = Annotated[int, INTEGRAL]
-NOT_BLANK = r"\S"  # the OpenAPI pattern of a question: Python's `str.strip` whitespace, as the check
+# The OpenAPI pattern of a question: one character that is not whitespace by Python's `str.strip`
+# (the check). Spelled out, not `\S`: ECMA's `\s` (JSON Schema's regex) misses \x1c-\x1f and \x85,
+# which Python strips, and has \ufeff, which Python keeps (a fuzzer found "\x85" accepted by the
+# schema and refused by the check).
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 
 class SolveRequest(BaseModel):

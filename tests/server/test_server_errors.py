@@ -371,3 +371,12 @@ def test_a_wrong_method_is_405_naming_every_allowed_one(runner):
     assert options.headers["allow"] == "GET, POST"
     assert "allowed: GET, POST" in _envelope(options, 405, "method_not_allowed", None)
     assert put.headers["allow"] == "POST"
+
+
+def test_the_question_schema_pattern_agrees_with_the_blank_check_on_every_character():
+    import re
+
+    from server.schemas import NOT_BLANK
+
+    pattern = re.compile(NOT_BLANK)
+    assert all(bool(pattern.search(chr(c))) != chr(c).isspace() for c in range(0x110000))
