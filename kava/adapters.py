@@ -135,23 +135,9 @@ def save_adapter(model: KavaModel, path: str | Path, *, extra: dict[str, Any] | 
     return path
 
 
-def write_model_card(
-    path: str | Path, manifest: AdapterManifest | None = None, *, evaluation: dict[str, Any] | None = None
-) -> None:
+def write_model_card(path: str | Path, manifest: AdapterManifest | None = None, *, evaluation: dict | None = None):
     """(Re)write the adapter's `README.md` from its manifest, with evaluation numbers if given."""
-    path = Path(path)
-    manifest = manifest or read_manifest(path)
-    extra = manifest.extra or {}
-    (path / "README.md").write_text(
-        render_model_card(
-            base_model=manifest.base_model,
-            method=manifest.method,
-            lora=manifest.lora,
-            train_config=extra.get("train_config"),
-            evaluation=evaluation,
-            command=extra.get("command"),
-        )
-    )
+    (Path(path) / "README.md").write_text(render_model_card(manifest or read_manifest(path), evaluation))
 
 
 # Reading and checking -----------------------------------------------------------------------

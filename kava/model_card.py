@@ -10,23 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from kava.config import LoraSettings, MethodConfig
-
 
 def _pct(value: Any) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "–"
 
 
-def render_model_card(
-    *,
-    base_model: str,
-    method: MethodConfig,
-    lora: LoraSettings | None,
-    train_config: dict[str, Any] | None = None,
-    evaluation: dict[str, Any] | None = None,
-    command: str | None = None,
-) -> str:
-    tc = train_config or {}
+def render_model_card(manifest: Any, evaluation: dict[str, Any] | None = None) -> str:
+    """`manifest` is a `kava.adapters.AdapterManifest` (base_model, method, lora, extra)."""
+    base_model, method, lora = manifest.base_model, manifest.method, manifest.lora
+    extra = manifest.extra or {}
+    tc, command = extra.get("train_config") or {}, extra.get("command")
     data, optim = tc.get("data", {}), tc.get("optim", {})
     lines = [
         "---",
