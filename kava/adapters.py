@@ -109,6 +109,8 @@ def save_adapter(model: KavaModel, path: str | Path, *, extra: dict[str, Any] | 
     path.mkdir(parents=True, exist_ok=True)
     lora_on = hasattr(model.lm, "peft_config")
     if lora_on:
+        for peft_cfg in model.lm.peft_config.values():  # peft holds the resolved local path; keep the id given
+            peft_cfg.base_model_name_or_path = model.base_model_id
         model.lm.save_pretrained(str(path), safe_serialization=True, save_embedding_layers=False)
     save_file(_kava_state(model), str(path / KAVA_WEIGHTS), metadata={"format": "pt"})
     model.tokenizer.save_pretrained(str(path))
@@ -127,10 +129,6 @@ def save_adapter(model: KavaModel, path: str | Path, *, extra: dict[str, Any] | 
         extra=extra or {},
     )
     (path / KAVA_CONFIG).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    if lora_on:  # peft records the base's resolved local path; an adapter must travel: keep the id it was given
-        peft_cfg = json.loads((path / "adapter_config.json").read_text())
-        peft_cfg["base_model_name_or_path"] = model.base_model_id
-        (path / "adapter_config.json").write_text(json.dumps(peft_cfg, indent=2, sort_keys=True) + "\n")
     write_model_card(path, manifest)
     return path
 

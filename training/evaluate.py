@@ -164,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"adapter": str(args.adapter), "data": args.data, "style": args.style, **results}
     summary |= _comparison(results)
     tables = [markdown_table(results)]
-    hand = args.handwritten
-    if args.data == "builtin" and hand and str(hand) and Path(hand).is_file():
+    hand = args.handwritten  # a Path; '' becomes Path('.'), not a file, so it skips
+    if args.data == "builtin" and hand.is_file():
         hand_ex = resolve_examples(str(hand), style=args.style, n=args.limit, split="eval")
         hand_results = run_modes(hand_ex)
         summary["handwritten"] = {"data": str(hand), **hand_results, **_comparison(hand_results)}

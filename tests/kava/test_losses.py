@@ -86,19 +86,25 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(str(x) for x in v.values()))
-def test_a_few_steps_lower_the_loss(tiny_bases, variant):
-    torch.manual_seed(0)
-    model = build_model(tiny_bases["llama"], tiny_method(**variant), TINY_LORA).train()
-    batch = _batch(model)
+def _fit(model, batch, steps: int = 15):
+    """`steps` AdamW steps on one batch: the total loss before each step, and the last output."""
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
     losses = []
-    for _ in range(15):
+    for _ in range(steps):
         out = training_step(model, batch)
         opt.zero_grad()
         out.total.backward()
         opt.step()
         losses.append(out.total.item())
+    return losses, out
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(str(x) for x in v.values()))
+def test_a_few_steps_lower_the_loss(tiny_bases, variant):
+    torch.manual_seed(0)
+    model = build_model(tiny_bases["llama"], tiny_method(**variant), TINY_LORA).train()
+    batch = _batch(model)
+    losses, out = _fit(model, batch)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.9 * losses[0], losses
     parts = out.items()
@@ -208,14 +214,7 @@ def test_a_few_curriculum_steps_lower_the_loss(tiny_bases, objective):
     torch.manual_seed(0)
     model = build_model(tiny_bases["llama"], tiny_method(objective=objective, drop_last_step=False), TINY_LORA).train()
     batch = _stage_batch(model, 1)
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        out = training_step(model, batch)
-        opt.zero_grad()
-        out.total.backward()
-        opt.step()
-        losses.append(out.total.item())
+    losses, out = _fit(model, batch)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.9 * losses[0], losses
     assert out.items()["student_ce"] > 0 and out.items()["codi"] > 0
