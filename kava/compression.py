@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-VARIANTS: tuple[str, ...] = ("rkv", "importance", "redundancy", "crop")
+from kava.config import EVICTIONS
 
 
 @dataclass
@@ -93,8 +93,8 @@ def _check_inputs(
     lam: float,
     variant: str,
 ) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is not one of {VARIANTS}")
+    if variant not in EVICTIONS:
+        raise ValueError(f"variant={variant!r} is not one of {EVICTIONS}")
     if budget < 1:
         raise ValueError(f"budget={budget} must be >= 1 (it is M, the number of latent slots)")
     if not 0.0 <= lam <= 1.0:

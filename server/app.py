@@ -5,26 +5,24 @@ configured adapters (or the built-in model) on its own thread when the app start
 pass a small engine over a tiny model. The lifespan starts the engine and waits for the
 model to load (a load error fails start-up, so `kava serve` exits with the reason), and
 on shutdown drains it: admission stops, queued and running work finishes within
-`drain_timeout_s`, then the thread ends. `ServerContext.drain` is also what `kava serve`
-runs on SIGTERM before it lets uvicorn close (see `server.draining`).
+`drain_timeout_s`, then the thread ends (`server.context.ServerContext`, which the handlers
+share). Imports the routes; no route imports it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 
 from fastapi import FastAPI, Request
 
-from kava.config import MODES
+from server.async_engine import AsyncEngine
 from server.budget import Budgets
+from server.context import ServerContext
 from server.engine import Engine
-from server.errors import OUTCOME_BY_STATUS, install
+from server.errors import install
 from server.metrics import Metrics
 from server.middleware import GuardMiddleware, RequestIdMiddleware
 from server.openai_routes import OPENAI_SOLVE_PATHS
@@ -35,44 +33,6 @@ from server.runner import ModelRunner, Runner
 from server.settings import Settings, redact
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServerContext:
-    """What the handlers share: `app.state.kava`."""
-
-    settings: Settings
-    engine: Engine
-    metrics: Metrics
-    budgets: Budgets  # each adapter's context budget (server.budget)
-
-    async def start(self) -> None:
-        self.engine.start()
-        await asyncio.to_thread(self.engine.wait_loaded)
-
-    async def drain(self) -> bool:
-        """Stop admitting, then wait (at most drain_timeout_s) for the engine to go idle."""
-        if not self.engine.draining:
-            log.info("draining: no new requests; finishing the queued and running ones")
-        self.engine.begin_drain()
-        deadline = time.monotonic() + self.settings.drain_timeout_s
-        while not self.engine.idle() and self.engine.alive and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        drained = self.engine.idle()
-        if not drained:
-            log.warning("drain timed out after %.1f s with work left", self.settings.drain_timeout_s)
-        return drained
-
-    async def stop(self) -> None:
-        drained = await self.drain()
-        await asyncio.to_thread(self.engine.stop, 5.0 if drained else 0.1)
-
-    def count_error(self, request: Request, status: int, mode: object) -> None:
-        if request.url.path in (SOLVE_PATH, *OPENAI_SOLVE_PATHS):
-            label = mode if mode in MODES else "unknown"
-            # the handler sets request.state.adapter once the name resolved to a loaded adapter
-            adapter = getattr(request.state, "adapter", "")
-            self.metrics.record_outcome(OUTCOME_BY_STATUS.get(status, "error"), label, adapter)
 
 
 def build_engine(settings: Settings, runner: Runner | None = None) -> Engine:
@@ -102,7 +62,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     engine = engine if engine is not None else build_engine(settings)
     metrics = Metrics()
     engine.observer = metrics
-    ctx = ServerContext(settings, engine, metrics, Budgets(engine))
+    async_engine = AsyncEngine(
+        engine, request_timeout_s=settings.request_timeout_s, retry_after_s=settings.retry_after_s
+    )
+    answering = frozenset({SOLVE_PATH, *OPENAI_SOLVE_PATHS})
+    ctx = ServerContext(settings, engine, async_engine, metrics, Budgets(async_engine), answering)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -36,7 +36,6 @@ class JobResult:
     latent_s: float
     decode_s: float
     total_s: float
-    batch_size: int  # rows in the pass it joined
 
 
 # done(outcome) is called exactly once, from the engine thread, with a JobResult or the
@@ -55,7 +54,7 @@ class Job:
     max_new_tokens: int
     return_latents: bool
     arrival: float  # time.perf_counter() when the server first saw the request
-    done: Done
+    done: Done | None = None  # set by whoever submits it (server.async_engine)
     cancelled: bool = False  # set by the caller's thread; read by the engine thread
     enqueued: float = 0.0  # time.perf_counter() when it entered the queue
     on_token: OnToken | None = None
@@ -71,11 +70,6 @@ class Batch:
 
     adapter: str
     jobs: list[Job] = field(default_factory=list)
-
-    @classmethod
-    def from_jobs(cls, jobs: list[Job]) -> Batch:
-        assert jobs and all(j.key.adapter == jobs[0].key.adapter for j in jobs), "a batch runs one adapter"
-        return cls(jobs[0].key.adapter, list(jobs))
 
     def extend(self, jobs: list[Job]) -> None:
         """Jobs that join at the next pass."""
@@ -106,7 +100,6 @@ class Finished:
     prefill_s: float
     latent_s: float
     decode_s: float
-    batch_size: int
 
 
 @dataclass(frozen=True)
@@ -115,8 +108,6 @@ class PassStats:
 
     rows: int
     phases: dict[str, int]  # rows per phase (prefill, latent, decode)
-    modes: dict[str, int]  # rows per mode (latent, cot)
-    wall_s: float
     kv_cache_bytes: int  # KV bytes the running rows hold after it
 
 

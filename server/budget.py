@@ -19,8 +19,8 @@ from typing import Any
 
 from kava.config import Mode
 from kava.prompts import prompt_ids, question_ids
-from server.engine import Engine, EngineDead
-from server.errors import ApiError, invalid
+from server.async_engine import AsyncEngine
+from server.errors import invalid
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,13 @@ class Budgets:
     """Each adapter's budget, built on first use on the engine thread and kept until the
     adapter is loaded or unloaded again (`forget`)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: AsyncEngine):
         self._engine = engine
         self._known: dict[str, ContextBudget | None] = {}
 
     async def get(self, name: str) -> ContextBudget | None:
         if name not in self._known:
-            try:
-                budget = await asyncio.wrap_future(self._engine.call(lambda runner: _budget_of(runner, name)))
-            except EngineDead as exc:
-                raise ApiError(503, "unavailable_error", str(exc)) from exc
-            self._known[name] = budget
+            self._known[name] = await self._engine.call(lambda runner: _budget_of(runner, name))
         return self._known[name]
 
     def forget(self, name: str) -> None:

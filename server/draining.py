@@ -3,7 +3,7 @@
 The first SIGTERM (or Ctrl+C) drains: /ready and new requests turn 503 + Retry-After while
 queued and running requests finish (at most `drain_timeout_s`), then uvicorn closes and the
 process exits 0. A second signal exits at once. Does not own the drain itself
-(`server.app.ServerContext.drain`) nor the command line (`server.cli`).
+(`server.context.ServerContext.drain`) nor the command line (`server.cli`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from types import FrameType
 
 import uvicorn
 
-from server.app import ServerContext
+from server.context import ServerContext
 
 log = logging.getLogger(__name__)
 

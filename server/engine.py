@@ -27,7 +27,7 @@ streaming needs); an exception in it is logged and the job goes on.
 A failing step fails only the running batch's jobs (`EngineFailure`) and the loop goes on;
 an exception that escapes the loop kills the thread (`alive` turns false, /health 503) and
 fails everything still queued. Stats leave as plain records through `observer`: one
-`BatchRecord` per pass (rows, the phases present, KV held), one `RequestRecord` per job.
+`BatchRecord` per pass (rows, the phases present), one `RequestRecord` per job.
 """
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ class Engine:
                 raise NotReady(f"the model is {self._state}")
             if len(self._waiting) >= self.max_queue_size:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (KAVA_MAX_QUEUE_SIZE)")
+            assert job.done is not None, "a job is queued with the callback that takes its outcome"
             job.enqueued = time.perf_counter()
             self._waiting.append(job)
             self._cv.notify_all()
@@ -206,7 +207,6 @@ class Engine:
         with self._cv:
             return EngineSnapshot(
                 state=self._state,
-                draining=self._draining,
                 waiting=len(self._waiting),
                 running=len(self._batch) if self._batch is not None else 0,
                 kv_cache_bytes=self._kv_bytes,
@@ -336,11 +336,8 @@ class Engine:
         if st is not None:
             self._kv_bytes = st.kv_cache_bytes
             if self.observer is not None:
-                mode = next(iter(st.modes)) if len(st.modes) == 1 else "mixed"
                 passes = {phase: 1 for phase, n in st.phases.items() if n}  # phases the pass carried
-                self.observer.record_batch(
-                    BatchRecord(st.rows, batch.adapter, mode, passes, st.kv_cache_bytes, st.wall_s)
-                )
+                self.observer.record_batch(BatchRecord(st.rows, passes))
         for job, token, text in out.tokens:
             if job.on_token is not None:
                 try:
@@ -372,7 +369,6 @@ class Engine:
             latent_s=f.latent_s,
             decode_s=f.decode_s,
             total_s=now - job.arrival,
-            batch_size=f.batch_size,
         )
         if self.observer is not None:
             self.observer.record_request(

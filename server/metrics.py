@@ -47,10 +47,10 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from kava.config import MODES
 from server.stats import AdapterInfo, BatchRecord, DeviceMemory, EngineSnapshot, RequestRecord
 
 OUTCOMES = ("ok", "invalid", "overloaded", "timeout", "cancelled", "error")
-MODES = ("latent", "cot")
 PHASES = ("prefill", "latent", "decode")
 NO_ADAPTER = ""  # the adapter label of a request that named no loaded adapter
 
@@ -157,8 +157,7 @@ class Metrics:
         if mode == "latent":
             self._child(self.phase_time["latent"], mode, adapter=adapter).observe(record.latent_s)
         self._child(self.phase_time["decode"], mode, adapter=adapter).observe(record.decode_s)
-        if record.forward_passes:  # 0: the engine did not count them
-            self._child(self.request_passes, mode, adapter=adapter).observe(record.forward_passes)
+        self._child(self.request_passes, mode, adapter=adapter).observe(record.forward_passes)
         self._child(self.tokens["prompt"], mode, adapter=adapter).inc(record.prompt_tokens)
         self._child(self.tokens["generation"], mode, adapter=adapter).inc(record.generated_tokens)
         self._child(self.tokens["latent"], mode, adapter=adapter).inc(record.latent_tokens)

@@ -2,15 +2,16 @@
 or streamed as server-sent events) and `GET /v1/models`, thin over the solve path.
 
 A request becomes one `SolveRequest` (`server.openai_schemas`) and runs through
-`server.routes.solve_job`: the same key check, admission, limits, queue, deadline, disconnect
-handling and metrics as `/v1/solve`. Errors keep the project's envelope (the openai package
-reads `error.message`), with the field named as the OpenAI request names it (`model`,
-`messages` / `prompt`, `max_tokens`). A stream is `data: {chunk}` events in OpenAI's chunk
-format, one content chunk per decoded token as the engine produces it (the job's `on_token`
-hook), the `kava` costs on the chunk that carries `finish_reason`, a usage chunk (no choices)
-when `stream_options.include_usage` is set, then `data: [DONE]`; the stream starts at the
-first token. `open_answer_stream` is the one place that knows where streamed text comes from.
-Does not own the engine, the wire types or the error envelope.
+`server.routes.solve_job` (streamed: `admit_job`, then `AsyncEngine.stream`): the same key
+check, admission, limits, queue, deadline, disconnect handling and metrics as `/v1/solve`.
+Errors keep the project's envelope (the openai package reads `error.message`), with the
+field named as the OpenAI request names it (`model`, `messages` / `prompt`, `max_tokens`).
+A stream is `data: {chunk}` events in OpenAI's chunk format, one content chunk per decoded
+token as the engine produces it, the `kava` costs on the chunk that carries
+`finish_reason`, a usage chunk (no choices) when `stream_options.include_usage` is set,
+then `data: [DONE]`; the stream starts at the first token. `open_answer_stream` is the one
+place that knows where streamed text comes from. Does not own the engine or its bridge to
+the event loop (`server.async_engine`), the wire types or the error envelope.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from server.batch import Job, JobResult
+from server.context import ServerContext
 from server.errors import ApiError, describe_validation, invalid, not_found, unavailable
 from server.openai_schemas import (
     ChatChoice,
@@ -44,7 +46,7 @@ from server.openai_schemas import (
     Model,
     ModelList,
 )
-from server.routes import ERRORS, require_key, solve_job, solve_response
+from server.routes import ERRORS, admit_job, client_gone, require_key, solve_job, solve_response
 from server.schemas import ErrorBody, ErrorEnvelope, SolveRequest, SolveResponse
 
 CHAT_PATH = "/v1/chat/completions"
@@ -92,20 +94,13 @@ async def open_answer_stream(solve: SolveRequest, request: Request) -> AsyncIter
     """Run `solve` and return its answer as text pieces, one per decoded token (possibly
     empty), then `Finished`.
 
-    The engine calls the job's `on_token` hook on its thread after each pass that decodes a
-    token; the texts cross to the event loop through a queue. This returns once the first
-    token exists, so everything that can fail before it (limits, unknown adapter, queue full,
-    deadline, engine failure) raises ApiError here and still gets an HTTP status; a failure
-    after it reaches the stream as an error event. Closing the stream (the client went away)
-    cancels the job."""
-    loop = asyncio.get_running_loop()
-    texts: asyncio.Queue[str] = asyncio.Queue()
-
-    def on_token(token_id: int, text: str) -> None:  # engine thread
-        loop.call_soon_threadsafe(texts.put_nowait, text)
-
-    answer = asyncio.ensure_future(solve_job(solve, request, on_token=on_token))
-    pieces = _pieces(texts, answer)
+    The tokens come from `AsyncEngine.stream`. This returns once the first token exists, so
+    everything that can fail before it (limits, unknown adapter, queue full, deadline, engine
+    failure) raises ApiError here and still gets an HTTP status; a failure after it reaches
+    the stream as an error event. Closing the stream (the client went away) cancels the job."""
+    ctx = _ctx(request)
+    job = await admit_job(solve, request)
+    pieces = _pieces(ctx, job, ctx.async_engine.stream(job, client_gone(request)))
     try:
         first = await anext(pieces)
     except BaseException:
@@ -114,28 +109,29 @@ async def open_answer_stream(solve: SolveRequest, request: Request) -> AsyncIter
     return _chain(first, pieces)
 
 
-async def _pieces(texts: asyncio.Queue[str], answer: asyncio.Future) -> AsyncIterator[str | Finished]:
-    # the job's `done` is handed over after its last token's text (one engine thread, one
-    # FIFO of call_soon_threadsafe callbacks), so when `answer` is done every text is queued
-    strip, sent, get = _Strip(), "", None
+async def _pieces(
+    ctx: ServerContext, job: Job, tokens: AsyncIterator[str | JobResult]
+) -> AsyncIterator[str | Finished]:
+    strip, sent, answered = _Strip(), "", False
     try:
-        while True:
-            get = asyncio.ensure_future(texts.get())
-            done, _ = await asyncio.wait({get, answer}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                break
-            piece = strip.feed(get.result())
-            sent += piece
-            yield piece
-        job, result = answer.result()  # raises what failed the job
-        text = result.result.text
-        if text != sent and text.startswith(sent):  # anything the hook did not carry
-            yield text[len(sent) :]
-        yield Finished(job, result)
+        async for item in tokens:
+            if isinstance(item, str):
+                piece = strip.feed(item)
+                sent += piece
+                yield piece
+                continue
+            answered = True
+            ctx.count_answer(job, "ok")
+            text = item.result.text
+            if text != sent and text.startswith(sent):  # anything the hook did not carry
+                yield text[len(sent) :]
+            yield Finished(job, item)
+    except (GeneratorExit, asyncio.CancelledError):  # the client went away (an ApiError is counted where it is sent)
+        if not answered:
+            ctx.count_answer(job, "cancelled")
+        raise
     finally:
-        if get is not None:
-            get.cancel()
-        answer.cancel()  # the client went away mid-stream: drop the job (no-op once it is done)
+        await tokens.aclose()  # drops the job if it still runs
 
 
 async def _chain(first: str | Finished, rest: AsyncIterator[str | Finished]) -> AsyncIterator[str | Finished]:
@@ -223,7 +219,7 @@ def _sse(events: AsyncIterator[str], request: Request) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
-def _ctx(request: Request):
+def _ctx(request: Request) -> ServerContext:
     return request.app.state.kava
 
 
@@ -234,6 +230,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     limit = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     with _openai_names(_names(("messages", "the question (last user message)"), limit)):
         solve = body.to_solve()
+        for param, message in body.problems(_ctx(request).settings)[:1]:
+            raise invalid(param, message)
         if body.stream:
             pieces = await open_answer_stream(solve, request)
         else:

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from server.schemas import INTEGRAL, NOT_BLANK, JsonInt, Mode, SolveRequest, Timings
+from server.settings import Settings
 
 FinishReason = Literal["stop", "length"]
 
@@ -167,7 +168,9 @@ class UserMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["user"]
-    content: QuestionText | Annotated[list[QuestionPart], Field(min_length=1, max_length=1)]
+    content: QuestionText | Annotated[list[QuestionPart], Field(min_length=1, max_length=1)] = Field(
+        description="the question, when this is the last user message: a string, or a list of one text part"
+    )
     name: str | None = None
 
     def text(self) -> str:
@@ -260,6 +263,23 @@ class ChatCompletionRequest(_OpenAIRequest):
 
     def question(self) -> str:
         return next(m for m in reversed(self.messages) if isinstance(m, UserMessage)).text()
+
+    def problems(self, settings: Settings) -> list[tuple[str, str]]:
+        """(field, message) for each user message before the question that is longer than a
+        question may be. Only the last user message is read (the solve path checks it), but the
+        OpenAPI document bounds every user message's text, since JSON Schema cannot single out
+        the last one; so the server refuses what the document refuses."""
+        limit = settings.max_question_chars
+        users = [(i, m.text()) for i, m in enumerate(self.messages) if isinstance(m, UserMessage)]
+        return [
+            (
+                "messages",
+                f"message {i}: a user message is too long: {len(text)} characters, the limit is {limit} "
+                "(KAVA_MAX_QUESTION_CHARS), as for the question (the last user message)",
+            )
+            for i, text in users[:-1]
+            if len(text) > limit
+        ]
 
 
 class CompletionRequest(_OpenAIRequest):

@@ -3,7 +3,8 @@
 FastAPI derives the document from the routes and the pydantic models; this module adds what
 only the running settings know, so a fuzzer or a client generator sees the real contract:
 the security schemes (Bearer and X-API-Key) on every `/v1/*` operation when a key is set,
-the settings-dependent bounds of `POST /v1/solve` (question length, `max_new_tokens`,
+the settings-dependent bounds of `POST /v1/solve` and of the OpenAI-compatible requests
+(the question's length, a chat's user messages included; `max_new_tokens` / `max_tokens`;
 `num_iterations`), and the statuses the middleware answers before any route runs (401, 413,
 415). Does not own the routes or the checks themselves.
 """
@@ -32,13 +33,17 @@ def _error(description: str) -> dict[str, Any]:
 # request fields whose bound is a setting, wherever a request schema has them (the OpenAI
 # routes' fields map onto SolveRequest's, so the same settings bound them)
 LIMITS = {
-    "question": ("maxLength", "max_question_chars"),
-    "prompt": ("maxLength", "max_question_chars"),
     "max_new_tokens": ("maximum", "max_new_tokens_limit"),
     "max_tokens": ("maximum", "max_new_tokens_limit"),
     "max_completion_tokens": ("maximum", "max_new_tokens_limit"),
     "num_iterations": ("maximum", "max_num_iterations"),
 }
+# where a question's text sits, as (schema, field), bounded by max_question_chars: the chat
+# question is a user message's text, a string or one text part; every user message is bounded
+# (JSON Schema cannot single out the last one, the question), and the server refuses the same
+# (`ChatCompletionRequest.problems`)
+QUESTIONS = (("SolveRequest", "question"), ("CompletionRequest", "prompt"), ("UserMessage", "content"))
+QUESTION_PARTS = (("QuestionPart", "text"),)
 
 
 def _bound(schema: dict[str, Any], keyword: str, value: int) -> None:
@@ -52,21 +57,25 @@ def _bound(schema: dict[str, Any], keyword: str, value: int) -> None:
 
 
 def _limits(doc: dict[str, Any], settings: Settings) -> None:
-    for name, schema in doc.get("components", {}).get("schemas", {}).items():
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name, schema in schemas.items():
         if not name.endswith("Request"):
             continue
         for field, prop in schema.get("properties", {}).items():
             if field in LIMITS:
                 keyword, setting = LIMITS[field]
                 _bound(prop, keyword, getattr(settings, setting))
-    question = (
-        doc.get("components", {}).get("schemas", {}).get("SolveRequest", {}).get("properties", {}).get("question")
-    )
-    if question is not None:
-        question["description"] += (
-            f" (at most {settings.max_question_chars} characters; prompt + latents + answer must also fit the "
-            "model's context, counted in tokens, else 422 with the numbers)"
-        )
+    limit = settings.max_question_chars
+    for name, field in QUESTIONS + QUESTION_PARTS:
+        prop = schemas.get(name, {}).get("properties", {}).get(field)
+        if prop is None:
+            continue
+        _bound(prop, "maxLength", limit)
+        if (name, field) in QUESTIONS:
+            prop["description"] = prop.get("description", "the question") + (
+                f" (at most {limit} characters; prompt + latents + answer must also fit the model's context, "
+                "counted in tokens, else 422 with the numbers)"
+            )
 
 
 def _operations(doc: dict[str, Any]):

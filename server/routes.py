@@ -3,32 +3,34 @@
 `/v1/*` (solve, adapters, and `server.openai_routes`) needs the API key when one is set
 (checked before the body is read, by `server.middleware.GuardMiddleware`; `require_key`
 checks again for routers that declare it); `/health`, `/ready` and `/metrics` never do.
-`solve_job`, which `/v1/solve` and the OpenAI-compatible routes share, admits (draining, not
-ready, queue bound) before anything is tokenised, checks that prompt + latents + answer fit
-the model's context (`server.budget`, in tokens), waits for the engine's answer without
-blocking the event loop, and drops the job when the client disconnects or the deadline
-passes. Runtime adapter loading is off unless adapter roots are set, and loads only from
-inside them: any path that is not an adapter directory there gets one and the same 422.
-Does not own the engine, the metrics or the error envelope.
+`admit_job`, which `/v1/solve` and the OpenAI-compatible routes share, admits (draining, not
+ready) before anything is tokenised, checks the request against what is loaded and the
+limits, and that prompt + latents + answer fit the model's context (`server.budget`, in
+tokens); `solve_job` then hands the job to `server.async_engine` (queue bound, deadline,
+disconnect) and counts the outcome. Runtime adapter loading is off unless adapter roots are
+set, and loads only from inside them: any path that is not an adapter directory there gets
+one and the same 422. Does not own the engine or its bridge to the event loop, the metrics
+or the error envelope.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
 
 from kava.adapters import AdapterError, find_adapter_dir, read_manifest
-from server.batch import BatchKey, Done, Job, JobResult
-from server.engine import Draining, Engine, EngineDead, EngineFailure, NotReady, QueueFull
+from server.async_engine import Disconnected
+from server.batch import BatchKey, Job, JobResult
+from server.context import ServerContext
+from server.engine import Engine
 from server.errors import ApiError, conflict, envelope, forbidden, invalid, not_found, unauthorized, unavailable
 from server.middleware import is_admin, key_matches
-from server.runner import AdapterConflict, AdapterNotLoaded
+from server.runner import AdapterConflict, AdapterNotLoaded, Runner
 from server.schemas import (
     AdapterCard,
     AdapterDeleted,
@@ -43,9 +45,6 @@ from server.schemas import (
 )
 from server.settings import ADAPTER_NAME, Settings
 from server.stats import AdapterInfo
-
-if TYPE_CHECKING:
-    from server.app import ServerContext
 
 SOLVE_PATH = "/v1/solve"
 ERRORS = {code: {"model": ErrorEnvelope} for code in (401, 404, 413, 415, 422, 500, 503, 504)}
@@ -69,54 +68,17 @@ probes = APIRouter()
 
 
 # /v1/solve ---------------------------------------------------------------------------------
-def _admit(engine: Engine, retry_after_s: int) -> None:
-    if engine.draining:
-        raise unavailable("unavailable_error", "the server is draining (shutting down); retry elsewhere", retry_after_s)
-    if not engine.ready:
-        raise unavailable("unavailable_error", "the model is not ready yet (loading or warming up)", retry_after_s)
+def client_gone(request: Request) -> Disconnected:
+    """Returns once the client has closed the connection (ASGI's http.disconnect)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return disconnected
 
 
-def _hand_back(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, outcome: JobResult | BaseException) -> None:
-    """Engine thread -> event loop. Exceptions travel as values: nobody may be awaiting."""
-    loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(outcome))
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _wait(request: Request, engine: Engine, job: Job, fut: asyncio.Future, timeout: float) -> JobResult:
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({fut, watcher}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        engine.cancel(job)
-        raise
-    finally:
-        watcher.cancel()
-    if fut in done:
-        outcome = fut.result()
-        if isinstance(outcome, JobResult):
-            return outcome
-        raise _engine_error(outcome, job.id)
-    engine.cancel(job)
-    if watcher in done:
-        raise ApiError(499, "cancelled_error", "the client closed the connection; the request was dropped")
-    limit = _ctx(request).settings.request_timeout_s
-    raise ApiError(
-        504, "timeout_error", f"the request waited past its deadline of {limit:g} s (KAVA_REQUEST_TIMEOUT_S)"
-    )
-
-
-def _engine_error(exc: BaseException, request_id: str) -> ApiError:
-    if isinstance(exc, AdapterNotLoaded):
-        return not_found(str(exc), "adapter")
-    reason = "the engine failed on this request's batch" if isinstance(exc, EngineFailure) else "the engine stopped"
-    return ApiError(500, "engine_error", f"{reason} (request id {request_id}): {exc}")
-
-
-def _job(body: SolveRequest, info: AdapterInfo, max_new_tokens: int, request: Request, done: Done, **extra) -> Job:
+def _job(body: SolveRequest, info: AdapterInfo, max_new_tokens: int, request: Request) -> Job:
     latent = body.mode == "latent"
     iterations = body.num_iterations if body.num_iterations is not None else info.num_iterations
     return Job(
@@ -126,8 +88,6 @@ def _job(body: SolveRequest, info: AdapterInfo, max_new_tokens: int, request: Re
         max_new_tokens=max_new_tokens,
         return_latents=body.return_latents,
         arrival=request.state.arrival,
-        done=done,
-        **extra,
     )
 
 
@@ -174,15 +134,14 @@ async def _fit_context(ctx: ServerContext, body: SolveRequest, adapter: str) -> 
     return budget.max_new_tokens(tokens, body.mode, body.max_new_tokens, default)
 
 
-async def solve_job(body: SolveRequest, request: Request, **job_fields) -> tuple[Job, JobResult]:
-    """Admit, check, queue and await one question: what every answering route runs
-    (`/v1/solve` and the OpenAI-compatible ones). Raises ApiError; counts the outcome.
-    `job_fields` go to the `Job` as they are (e.g. a per-token hook)."""
+async def admit_job(body: SolveRequest, request: Request) -> Job:
+    """Admit and check one question; the job to run. What every answering route runs first
+    (`/v1/solve` and the OpenAI-compatible ones). Raises ApiError."""
     ctx = _ctx(request)
     settings, engine = ctx.settings, ctx.engine
     request.state.mode = body.mode
     # 1. admission, before any tokenisation
-    _admit(engine, settings.retry_after_s)
+    ctx.async_engine.check_open()
     # 2. the request against what is loaded, the server's limits and the model's context (in tokens)
     info = engine.adapter(body.adapter or engine.default_adapter)
     if info is None:
@@ -193,23 +152,20 @@ async def solve_job(body: SolveRequest, request: Request, **job_fields) -> tuple
     if problems:
         raise invalid(problems[0][0], "; ".join(message for _, message in problems))
     max_new_tokens = await _fit_context(ctx, body, info.name)
-    # 3. queue it, and wait without blocking the loop
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    job = _job(body, info, max_new_tokens, request, partial(_hand_back, loop, fut), **job_fields)
+    return _job(body, info, max_new_tokens, request)
+
+
+async def solve_job(body: SolveRequest, request: Request) -> tuple[Job, JobResult]:
+    """Admit, check, queue and await one question (`admit_job`, then the engine until the
+    deadline or the client's disconnect). Raises ApiError; counts the outcome."""
+    ctx = _ctx(request)
+    job = await admit_job(body, request)
     try:
-        engine.submit(job)
-    except QueueFull as exc:
-        raise unavailable("overloaded_error", f"the server is at capacity: {exc}", settings.retry_after_s) from exc
-    except (Draining, NotReady, EngineDead) as exc:
-        raise unavailable("unavailable_error", str(exc), settings.retry_after_s) from exc
-    try:
-        jr = await _wait(request, engine, job, fut, job.arrival + settings.request_timeout_s - time.perf_counter())
+        jr = await ctx.async_engine.solve(job, client_gone(request))
     except asyncio.CancelledError:
-        ctx.metrics.record_outcome("cancelled", body.mode, info.name)
+        ctx.count_answer(job, "cancelled")
         raise
-    ctx.metrics.record_outcome("ok", body.mode, info.name)
-    ctx.metrics.record_e2e(body.mode, info.name, time.perf_counter() - job.arrival)
+    ctx.count_answer(job, "ok")
     return job, jr
 
 
@@ -234,14 +190,11 @@ async def adapters(request: Request) -> AdapterList:
     return AdapterList(base_model=default.base_model, default_adapter=default.name, adapters=cards)
 
 
-async def _on_engine(request: Request, fn):
+async def _on_engine(request: Request, fn: Callable[[Runner], Any]) -> Any:
     ctx = _ctx(request)
     if ctx.engine.draining:
         raise unavailable("unavailable_error", "the server is draining", ctx.settings.retry_after_s)
-    try:
-        return await asyncio.wrap_future(ctx.engine.call(fn))
-    except EngineDead as exc:
-        raise unavailable("unavailable_error", str(exc), ctx.settings.retry_after_s) from exc
+    return await ctx.async_engine.call(fn)
 
 
 def _runtime_adapters_on(settings: Settings) -> None:

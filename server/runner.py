@@ -18,7 +18,6 @@ import os
 import resource
 import sys
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +27,7 @@ import torch
 from kava.adapters import AdapterError, attach_adapter, detach_adapter, load_adapter, read_adapter_config
 from kava.backbone import KavaModel
 from kava.builtin import resolve_base
+from kava.config import MODES
 from kava.fastlm import FastPathUnsupported, fast_lm
 from kava.generate import SolveResult, solve_batch
 from kava.running import Ask, Row, Running
@@ -82,7 +82,6 @@ class ModelRunner:
             _check_fast(model, name)
         self._running: Running | None = None  # the running batch (one adapter at a time)
         self._adapter: str | None = None
-        self._joined_size: dict[int, int] = {}  # id(job) -> rows in the pass it joined
 
     @classmethod
     def load(
@@ -120,12 +119,11 @@ class ModelRunner:
                 running.leave(row, "cancelled")
                 out.finished.append(self._finished(running, row))
         inside = {id(r.tag) for r in running.rows} | {id(f.job) for f in out.finished}
-        joined = []
         for job in batch.jobs:  # 2. join: their prefill rides in this pass
             if id(job) in inside:
                 continue
             if job.cancelled or job.expired(now):
-                out.finished.append(Finished(job, _never_ran(), now, None, 0.0, 0.0, 0.0, 0))
+                out.finished.append(Finished(job, _never_ran(), now, None, 0.0, 0.0, 0.0))
                 continue
             ask = Ask(
                 job.question,
@@ -135,14 +133,11 @@ class ModelRunner:
                 return_latents=job.return_latents,
                 stream=job.on_token is not None,
             )
-            joined.append(running.join(ask, tag=job))
-        for row in joined:
-            self._joined_size[id(row.tag)] = len(running)
+            running.join(ask, tag=job)
         if not running:
             return out
-        modes = dict(Counter(r.ask.mode for r in running.rows))
         p = running.step()  # 3. the pass
-        out.stats = PassStats(p.rows, p.phases, modes, p.wall_s, running.held_bytes)
+        out.stats = PassStats(p.rows, p.phases, running.held_bytes)
         out.tokens = [(t.row.tag, t.id, t.text) for t in p.tokens]
         out.finished += [self._finished(running, r) for r in p.finished]
         return out
@@ -164,7 +159,6 @@ class ModelRunner:
             prefill_s=row.times["prefill"],
             latent_s=row.times["latent"],
             decode_s=row.times["decode"],
-            batch_size=self._joined_size.pop(id(job), 0),
         )
 
     def infos(self) -> list[AdapterInfo]:
@@ -215,7 +209,7 @@ class ModelRunner:
     def warmup(self) -> None:
         """One short solve per mode, so the first request pays no one-off start-up costs."""
         model = self._models[self.default]
-        for mode in ("latent", "cot"):
+        for mode in MODES:
             solve_batch(model, [WARMUP_QUESTION], mode=mode, max_new_tokens=2)
 
     def memory(self) -> DeviceMemory:
@@ -225,7 +219,6 @@ class ModelRunner:
         """After a failed step: forget the running batch (the engine failed its jobs) and
         give cached CUDA blocks back (an OOM leaves them behind)."""
         self._running = self._adapter = None
-        self._joined_size.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

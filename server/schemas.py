@@ -157,8 +157,9 @@ class AdapterDeleted(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "dead", "loading", "ready", "draining", "unavailable"]
-    detail: str | None = None
+    """200 of `/health` ("ok") and `/ready` ("ready"); their 503 is the error envelope."""
+
+    status: Literal["ok", "ready"]
 
 
 class ErrorBody(BaseModel):

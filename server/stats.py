@@ -6,7 +6,7 @@ the facts about the loaded models and device memory. Does not import prometheus_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -33,12 +33,10 @@ class DeviceMemory:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    size: int  # requests that entered solve_batch
-    adapter: str
-    mode: str
-    passes: dict[str, int] = field(default_factory=dict)  # phase -> forward passes
-    peak_kv_bytes: int = 0  # whole batch, padding included
-    wall_s: float = 0.0
+    """One forward pass over the running batch."""
+
+    size: int  # rows in the pass
+    passes: dict[str, int]  # phase -> forward passes: 1 for each phase the pass carried
 
 
 @dataclass(frozen=True)
@@ -56,13 +54,12 @@ class RequestRecord:
     latent_tokens: int
     generated_tokens: int
     kv_cache_bytes: int
-    forward_passes: int = 0  # passes this request took part in (its solve result's forward_passes); 0 = not counted
+    forward_passes: int  # passes this request took part in (its solve result's forward_passes)
 
 
 @dataclass(frozen=True)
 class EngineSnapshot:
     state: str  # created | loading | warming | ready | stopped | dead
-    draining: bool
     waiting: int
     running: int
     kv_cache_bytes: int  # held by the running batch (see Engine.snapshot)

@@ -62,3 +62,32 @@ def test_the_checker_sees_imports(tmp_path):
     probe = tmp_path / "x.py"
     probe.write_text("import fastapi\nfrom server.app import x\nfrom . import y\n")
     assert _imports(probe) == {"fastapi", "server"}
+
+
+def _project_imports(path: Path, package: str) -> set[str]:
+    """Modules of `package` that `path` imports by name, `if TYPE_CHECKING:` blocks included."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return {n for n in names if n.startswith(f"{package}.")}
+
+
+def test_server_modules_import_each_other_without_a_cycle():
+    """One direction inside server/ too (e.g. app -> routes -> context, never routes -> app)."""
+    graph = {f"server.{f.stem}": _project_imports(f, "server") for f in (ROOT / "server").glob("*.py")}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            raise AssertionError(f"import cycle: {' -> '.join((*path[path.index(module) :], module))}")
+        if module in done:
+            return
+        for dep in graph.get(module, ()):
+            visit(dep, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())

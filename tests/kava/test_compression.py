@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kava.compression import CompressedKV, answer_attention, compress_teacher_kv
+from kava.config import EVICTIONS
 
-VARIANTS = ("rkv", "importance", "redundancy", "crop")
+VARIANTS = EVICTIONS  # every eviction a MethodConfig accepts
 
 
 def _cot_mask(n: int, spans: list[tuple[int, int]]) -> torch.Tensor:

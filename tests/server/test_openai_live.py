@@ -328,6 +328,7 @@ REFUSED_CHAT = [
         "only text content",
     ),
     (dict(messages=[{"role": "user", "content": "9" * (QUESTION_LIMIT + 1)}]), "messages", "question"),
+    (dict(messages=[{"role": "user", "content": "9" * (QUESTION_LIMIT + 1)}, *USER]), "messages", "message 0"),
     (dict(max_tokens=MAX_TOKENS_LIMIT + 1), "max_tokens", f"limit of {MAX_TOKENS_LIMIT}"),
     (dict(max_completion_tokens=MAX_TOKENS_LIMIT + 1), "max_completion_tokens", f"limit of {MAX_TOKENS_LIMIT}"),
     (dict(extra_body={"num_iterations": 10_000}), "num_iterations", "limit"),

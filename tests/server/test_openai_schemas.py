@@ -120,3 +120,29 @@ def test_integers_as_json_schema_counts_them(spec):
     request = ChatCompletionRequest.model_validate(body)
     assert (request.max_tokens, request.n, request.seed, request.num_iterations) == (3, 1, 7, 0)
     assert _validator(spec, ChatCompletionRequest).is_valid(body)
+
+
+def test_the_chat_question_is_bounded_like_the_solve_question():
+    """Every user message's text (a string or one text part) carries /v1/solve's question
+    limit, since JSON Schema cannot single out the last one; other roles stay unbounded."""
+    limit = 50
+    doc = create_app(Settings(adapters=["tiny=/nowhere/tiny"], warmup=False, max_question_chars=limit)).openapi()
+    question = doc["components"]["schemas"]["SolveRequest"]["properties"]["question"]
+    assert question["maxLength"] == limit
+    chat = _validator(doc, ChatCompletionRequest)
+
+    def body(*messages: dict) -> dict:
+        return {**CHAT, "messages": list(messages)}
+
+    at, over = "9" * limit, "9" * (limit + 1)
+    assert chat.is_valid(body({"role": "user", "content": at}))
+    assert chat.is_valid(body({"role": "system", "content": over}, {"role": "user", "content": at}))
+    assert not chat.is_valid(body({"role": "user", "content": over}))
+    assert not chat.is_valid(body({"role": "user", "content": [{"type": "text", "text": over}]}))
+    assert not chat.is_valid(body({"role": "user", "content": over}, {"role": "user", "content": at}))
+    # ... and the server refuses what the document refuses, naming the message
+    earlier = ChatCompletionRequest.model_validate(
+        body({"role": "user", "content": over}, {"role": "user", "content": at})
+    )
+    (problem,) = earlier.problems(Settings(adapters=["tiny=/nowhere/tiny"], max_question_chars=limit))
+    assert problem[0] == "messages" and f"{limit + 1} characters, the limit is {limit}" in problem[1]

@@ -139,6 +139,38 @@ def test_waiting_past_the_deadline_is_504(runner):
     assert sample_value(metrics["kava_requests"], "kava_requests_total", outcome="timeout", mode="latent") == 1
 
 
+def test_a_deadline_stops_the_work_not_only_the_wait(runner, monkeypatch):
+    """A long CoT answer past KAVA_REQUEST_TIMEOUT_S: the client gets the 504, the engine drops
+    the row from the running batch at its next pass by the job's own deadline (the waiter's
+    cancel is switched off here, so nothing else could stop it), nothing is left running or
+    waiting, and the next small request is answered."""
+    release = threading.Event()
+    hooked = HookedRunner(runner, lambda batch: release.wait(30) if hooked.outputs else None)  # holds pass 2
+    app = app_over(hooked, request_timeout_s=0.3, max_wait_ms=0)
+    engine = app.state.kava.engine
+    monkeypatch.setattr(engine, "cancel", lambda job: False)
+
+    async def scenario():
+        async with client_for(app) as client:
+            long = {"question": QUESTIONS[0], "mode": "cot", "max_new_tokens": 200}
+            timed_out = await client.post("/v1/solve", json=long)
+            assert engine.snapshot().running == 1, "the row is still in the batch while its pass is held"
+            release.set()
+            await wait_until(engine.idle)
+            after = engine.snapshot()
+            small = await client.post("/v1/solve", json={"question": QUESTIONS[1]})
+            return timed_out, after, small, metric_samples((await client.get("/metrics")).text)
+
+    timed_out, after, small, metrics = run(scenario())
+    assert "0.3 s" in _envelope(timed_out, 504, "timeout_error", None)
+    assert (after.running, after.waiting) == (0, 0)
+    dropped = [f.result for out in hooked.outputs for f in out.finished if f.job.key.mode == "cot"]
+    assert [d.finish_reason for d in dropped] == ["cancelled"], "the engine ran the expired row on"
+    assert dropped[0].generated_tokens < 200
+    assert small.status_code == 200, small.text
+    assert sample_value(metrics["kava_requests"], "kava_requests_total", outcome="timeout", mode="cot") == 1
+
+
 def test_engine_failure_is_500_with_request_id_and_the_engine_recovers(runner):
     def boom(batch):
         if any("BOOM" in q for q in batch.questions):

@@ -169,7 +169,7 @@ def _info(name: str) -> AdapterInfo:
 
 
 def _render(metrics: Metrics, *adapters: str) -> dict:
-    snapshot = EngineSnapshot("ready", False, 0, 0, 0)
+    snapshot = EngineSnapshot("ready", 0, 0, 0)
     text, _ = metrics.render(snapshot, DeviceMemory("cpu", 1, 2), [_info(a) for a in adapters])
     return _families(text.decode())
 
@@ -180,7 +180,7 @@ def _adapters_in(families: dict) -> set[str]:
 
 def test_series_of_an_unloaded_adapter_are_removed():
     metrics = Metrics()
-    metrics.record_batch(BatchRecord(1, "b", "latent", {"prefill": 1, "latent": 2, "decode": 3}, 5000, 0.01))
+    metrics.record_batch(BatchRecord(1, {"prefill": 1, "latent": 2, "decode": 3}))
     metrics.record_request(_record("b"))
     metrics.record_outcome("ok", "latent", "b")
     metrics.record_e2e("latent", "b", 0.01)
@@ -240,7 +240,7 @@ def test_every_metric_the_dashboard_queries_is_exported():
     metrics = Metrics()
     metrics.record_request(_record("a"))
     metrics.record_request(_record("a", "cot"))
-    metrics.record_batch(BatchRecord(1, "a", "latent", {"prefill": 1}, 5000, 0.01))
+    metrics.record_batch(BatchRecord(1, {"prefill": 1}))
     exported = set(_render(metrics, "a"))
     used = _dashboard_metrics()
     assert used, "the dashboard queries no metric"
