@@ -52,6 +52,7 @@ def build_base(
         settings=settings,
         work_dir=work / "base.work",
         stop_after=stop_after,
+        resume="auto",  # the builder's contract: re-running continues each stage
     )
     if done is None:
         return False

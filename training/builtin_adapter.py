@@ -21,7 +21,7 @@ def build_adapter(work: Path, base_id: str, dest: Path, stop_after: int | None =
         log.info("adapter already built at %s", dest)
         return True
     run_dir = work / "adapter"
-    cfg = load_config(RECIPE, [f"base_model={base_id}", f"output_dir={run_dir}", *overrides])
+    cfg = load_config(RECIPE, [f"base_model={base_id}", f"output_dir={run_dir}", "resume=auto", *overrides])
     t0 = time.perf_counter()
     train(cfg, stop_after=stop_after)
     if not (run_dir / "adapter" / "kava_config.json").is_file():

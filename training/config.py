@@ -5,6 +5,7 @@ loads (unknown fields, out-of-range values, missing data files — every problem
 The method and LoRA sections are `kava.config`'s dataclasses; the optimizer section is
 the trainer's `OptimSettings`; the curriculum section is `training.curriculum`'s
 `CurriculumSettings` (a training schedule, so not part of the adapter's MethodConfig).
+`resume` (`training.resume`) and `report_to` (`training.trackers`) are top-level fields.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import yaml
 
 from kava.config import ConfigError, LoraSettings, MethodConfig
 from training.curriculum import CurriculumSettings
+from training.resume import POLICIES
+from training.trackers import problems as tracker_problems
 from training.trainer import OptimSettings
 
 
@@ -47,6 +50,8 @@ class TrainConfig:
     base_model: str = "kava-builtin"
     output_dir: str = "runs/kava"
     device: str = "auto"
+    resume: str = "never"  # never: refuse an output_dir holding a checkpoint | auto: continue its newest
+    report_to: tuple[str, ...] = ("jsonl",)  # jsonl | tensorboard | wandb
     method: MethodConfig = field(default_factory=MethodConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
@@ -126,6 +131,12 @@ def build_config(raw: dict[str, Any]) -> TrainConfig:
     if unknown:
         problems.append(f"unknown field(s) {unknown}; known: {sorted(top_fields)}")
     kwargs: dict[str, Any] = {k: v for k, v in raw.items() if k in top_fields and k not in SECTIONS}
+    if "resume" in kwargs and kwargs["resume"] not in POLICIES:
+        problems.append(f"resume={kwargs['resume']!r}: must be one of {list(POLICIES)} (or pass --resume)")
+    if "report_to" in kwargs:
+        report_to = kwargs["report_to"]
+        kwargs["report_to"] = tuple([report_to] if isinstance(report_to, str) else report_to or ())
+        problems += tracker_problems(kwargs["report_to"])
     for name, cls in SECTIONS.items():
         section = raw.get(name) or {}
         if not isinstance(section, dict):

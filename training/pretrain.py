@@ -9,7 +9,7 @@ KaVa adapter training (`training.run`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from kava.config import MethodConfig
 from kava.losses import ce_loss
 from kava.prompts import Example, encode_teacher, positions
 from training.data.sampler import EpochSampler
+from training.resume import plan_resume
 from training.trainer import OptimSettings, Trainer
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,16 @@ def pretrain_backbone(
     vocab_size: int = 1024,
     work_dir: Path | None = None,
     stop_after: int | None = None,
+    resume: str = "never",
+    override_resume: bool = False,
 ) -> Path | None:
     """Tokenizer + from-scratch Llama trained on teacher sequences with full traces.
-    Resumable: re-running with the same `work_dir` continues from its checkpoint. Returns
-    `out_dir` once training has finished, None when stopped early by `stop_after`."""
+    Resumable: with `resume="auto"`, re-running with the same `work_dir` continues from its
+    checkpoint (`training.resume` rules). Returns `out_dir` once training has finished,
+    None when stopped early by `stop_after`."""
     work = Path(work_dir or out_dir.with_name(out_dir.name + ".work"))
+    run_config = {"optim": asdict(settings), "shape": asdict(shape), "vocab_size": vocab_size}
+    plan = plan_resume(work, run_config, resume, override=override_resume)
     work.mkdir(parents=True, exist_ok=True)
     tok_dir = work / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
@@ -95,10 +101,9 @@ def pretrain_backbone(
     log.info("backbone: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     method = MethodConfig(objective="cot", drop_last_step=False)
     sampler = EpochSampler(len(examples), settings.seed)
-    mbs = settings.micro_batch_size
 
-    def batch_fn(micro: int, rank: int, world: int):
-        idx = sampler.indices(micro * mbs, mbs)[rank::world]
+    def batch_fn(start: int, count: int):
+        idx = sampler.indices(start, count)
         return encode_teacher(tok, [examples[i] for i in idx], method, tok.eos_token_id, tok.pad_token_id)
 
     def loss_fn(batch) -> dict:
@@ -111,6 +116,6 @@ def pretrain_backbone(
         model.save_pretrained(str(out_dir))
         tok.save_pretrained(str(out_dir))
 
-    trainer = Trainer(model, loss_fn, batch_fn, settings, work, save_fn=save_fn)
-    trainer.fit(stop_after=stop_after)
+    trainer = Trainer(model, loss_fn, batch_fn, settings, work, save_fn=save_fn, run_config=run_config)
+    trainer.fit(stop_after=stop_after, resume_from=plan.checkpoint if plan else None)
     return out_dir if trainer.step >= settings.max_steps else None

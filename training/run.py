@@ -3,8 +3,10 @@
 Every objective (kava, pccot, codi, cot, nocot) goes through the same path; the method
 config decides which loss terms exist (`kava.losses.training_step`). With a curriculum
 (`curriculum.stages >= 1`) each step's batch is encoded for that step's stage
-(`training.curriculum`). The final adapter is written to `<output_dir>/adapter` in the
-format the server loads.
+(`training.curriculum`). The resume rules (`training.resume`) are checked before any model
+loads; `<output_dir>/train_config.json` then records the config in force. The final
+adapter is written to `<output_dir>/adapter` in the format the server loads. Under
+torchrun / `accelerate launch` every process runs this; the trainer shares the work.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import torch
 
 from kava.adapters import save_adapter, write_model_card
-from kava.backbone import build_model, resolve_device
+from kava.backbone import build_model
+from kava.config import ConfigError
 from kava.losses import training_step
 from kava.prompts import encode_training_batch
 from training.config import TrainConfig
@@ -27,7 +30,8 @@ from training.curriculum import Curriculum, stage_accuracy
 from training.data.sampler import EpochSampler
 from training.data.task import resolve_examples
 from training.evaluate import evaluate
-from training.trainer import Trainer, init_distributed
+from training.resume import plan_resume
+from training.trainer import Trainer, make_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +57,23 @@ def gradient_shares(terms: dict[str, torch.Tensor], model) -> dict[str, float]:
     return {k: v / total for k, v in norms.items()}
 
 
-def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns the last logged record (with `eval` at the end)."""
-    init_distributed()
+def train(
+    cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = True, override_resume: bool = False
+) -> dict[str, Any]:
+    """Run (or resume, per `cfg.resume`) training; returns the last logged record (with
+    `eval` at the end) on the main process. Raises `training.resume.ResumeError` when the
+    output directory's checkpoint may not be resumed or overwritten as asked."""
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    device = resolve_device(cfg.device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
+    plan = plan_resume(out, cfg.to_dict(), cfg.resume, override=override_resume)
+    # with latents every trainable parameter (LoRA, projection, special rows) is in every loss;
+    # without them the projection sits out, and DDP must look for such parameters each step
+    acc = make_accelerator(cfg.optim, cpu=cfg.device == "cpu", find_unused_parameters=not cfg.method.uses_latents)
+    device = acc.device
+    if cfg.device.startswith("cuda") and device.type != "cuda":
+        raise ConfigError(f"device={cfg.device!r}: no CUDA device is visible to this process; use device=auto|cpu")
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     train_ex = resolve_examples(
         cfg.data.train, style=cfg.data.style, n=cfg.data.num_train, split="train", seed=cfg.data.seed
     )
@@ -73,7 +85,6 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = T
     n_train = sum(p.numel() for p in model.trainable_parameters())
     log.info("trainable parameters: %d", n_train)
     sampler = EpochSampler(len(train_ex), cfg.optim.seed)
-    mbs = cfg.optim.micro_batch_size
     curriculum = None
     if cfg.curriculum.enabled:
         cur = cfg.curriculum
@@ -92,9 +103,9 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = T
                 cfg.optim.max_steps,
             )
 
-    def batch_fn(micro: int, rank: int, world: int):
-        idx = sampler.indices(micro * mbs, mbs)[rank::world]
-        written_from = curriculum.written_from(micro // cfg.optim.grad_accum) if curriculum else None
+    def batch_fn(start: int, count: int):
+        idx = sampler.indices(start, count)
+        written_from = curriculum.written_from(start // cfg.optim.batch_size) if curriculum else None
         batch = encode_training_batch(
             model.tokenizer, [train_ex[i] for i in idx], model.config, model.ids, written_from=written_from
         )
@@ -141,10 +152,17 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, progress: bool = T
         out,
         eval_fn=eval_fn if use_eval else None,
         save_fn=save_fn,
-        device=device,
         schedule=curriculum,
+        accelerator=acc,
+        run_config=cfg.to_dict(),
+        report_to=cfg.report_to,
     )
-    last = trainer.fit(stop_after=stop_after)
-    if last.get("eval") and (out / "adapter" / "kava_config.json").is_file():
+    if plan is None:
+        last = trainer.fit(stop_after=stop_after)
+    else:
+        accepted = {c.field: {"saved": c.saved, "now": c.new} for c in plan.accepted}
+        note = {"accepted_changes": accepted} if accepted else None
+        last = trainer.fit(stop_after=stop_after, resume_from=plan.checkpoint, resume_note=note)
+    if acc.is_main_process and last.get("eval") and (out / "adapter" / "kava_config.json").is_file():
         write_model_card(out / "adapter", evaluation=last["eval"])
     return last

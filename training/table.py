@@ -65,6 +65,7 @@ def run_one(name: str, style: str, seed: int, work: Path, steps: int, n_eval: in
             f"optim.seed={seed}",
             "optim.save_every=25",
             "eval.final=false",
+            "resume=auto",  # a cell re-run continues its checkpoint
         ],
     )
     train(cfg, progress=False)

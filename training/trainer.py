@@ -1,24 +1,33 @@
-"""The training loop: AdamW + cosine warmup, accumulation, clipping, bf16 autocast on GPU,
-progress bar, JSONL log, periodic evaluation and exactly-resumable checkpoints.
+"""The training loop: AdamW + cosine warmup, accumulation, clipping, data parallelism, mixed
+precision, progress bar, trackers, periodic evaluation and exactly-resumable checkpoints.
 
 Generic over what is trained: it takes the module (its `requires_grad` parameters are
 optimised), a loss function returning the total and its components, and a batch function
-that is a pure function of (micro-batch index, rank) so resuming replays the data exactly.
-Multi-GPU runs under `torchrun`: each rank takes its share of every global batch and
-gradients are all-reduced before the optimizer step. An optional `Schedule` (a curriculum)
-tags each step's log record, may change its state between steps, and is saved with every
-checkpoint. Does not own models or data formats.
+that is a pure function of the global micro-batch index, so resuming replays the data exactly.
+
+Data parallelism goes through accelerate (launch with `torchrun` or `accelerate launch`).
+Optimizer step s covers stream positions [s * batch_size, (s + 1) * batch_size), cut into
+`grad_accum` micro-batches dealt round-robin to the processes: N processes compute the step
+one process would (each runs `grad_accum / N` of them, all but the last under `no_sync`;
+gradients are averaged once). When N does not divide `grad_accum` the step is cut into
+lcm(grad_accum, N) micro-batches instead (the same examples, smaller forward passes). The
+whole loss function runs as the forward of one DDP module, because a KaVa step calls the
+model many times on KV caches and DDP must see one forward per backward.
+Evaluation, logging and saving run on the main process. An optional `Schedule` (a
+curriculum) tags each step's log record, may change its state between steps, and is saved
+with every checkpoint. Does not own models, data formats or the resume rules
+(`training.resume`).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,12 +35,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import checkpoint_path, load_checkpoint, local_rng_state, prune_checkpoints, save_checkpoint
+from training.recompute import recompute_mlps
+from training.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[Any], dict[str, Any]]  # batch -> {"total": tensor, component: float | tensor, ...}
-BatchFn = Callable[[int, int, int], Any]  # (micro-batch index, rank, world size) -> batch on device
+BatchFn = Callable[[int, int], Any]  # (first position in the example stream, count) -> batch on device
+PRECISIONS = ("auto", "no", "bf16")
 
 
 class Schedule(Protocol):
@@ -60,12 +72,25 @@ class OptimSettings:
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
     save_every: int = 100
+    keep_last: int = 3  # checkpoint-<step>/ folders kept (0 = all)
+    mixed_precision: str = "auto"  # auto (bf16 on a bf16-capable GPU, else no) | no | bf16
+    gradient_checkpointing: bool = False  # recompute MLP activations in backward (training.recompute)
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
+        if not isinstance(self.keep_last, int) or self.keep_last < 0:
+            problems.append(f"keep_last={self.keep_last!r}: must be an integer >= 0 (0 keeps every checkpoint)")
+        if not isinstance(self.gradient_checkpointing, bool):
+            problems.append(f"gradient_checkpointing={self.gradient_checkpointing!r}: must be true or false")
+        if self.mixed_precision == "fp16":
+            problems.append(
+                "mixed_precision='fp16': needs loss scaling, which this trainer does not do; use bf16 or no"
+            )
+        elif self.mixed_precision not in PRECISIONS:
+            problems.append(f"mixed_precision={self.mixed_precision!r}: must be one of {list(PRECISIONS)}")
         if self.lr <= 0:
             problems.append(f"lr={self.lr!r}: must be > 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -74,10 +99,6 @@ class OptimSettings:
             problems.append(f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}")
         if problems:
             raise ValueError("; ".join(problems))
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.batch_size // self.grad_accum
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float):
@@ -92,19 +113,63 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup_rati
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def resolve_precision(setting: str, cpu: bool) -> str:
+    """`auto`: bf16 on a GPU that has it, else full precision. The config decides, not the
+    launcher (`accelerate launch` sets a precision even when not asked; torchrun sets none),
+    so both launchers train the same way."""
+    if setting != "auto":
+        return setting
+    return "bf16" if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def init_distributed() -> None:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+def make_accelerator(settings: OptimSettings, *, cpu: bool = False, find_unused_parameters: bool = True):
+    """The process's accelerate handle: joins the process group when launched by torchrun or
+    `accelerate launch` (gloo on CPU, nccl on GPU), picks the device and the precision.
+    `find_unused_parameters=False` saves DDP a graph walk per step when every trainable
+    parameter takes part in every loss (if one does not, DDP stops with an error)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    handlers = [
+        DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters),
+        # the main process evaluates alone while the others wait in the next step's all-reduce
+        InitProcessGroupKwargs(timeout=timedelta(hours=1)),
+    ]
+    precision = resolve_precision(settings.mixed_precision, cpu)
+    return Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=handlers)
+
+
+def split_step(batch_size: int, grad_accum: int, world: int) -> tuple[int, int]:
+    """(micro-batches per optimizer step over all processes, examples in each): `grad_accum`
+    when the processes divide it, so N processes run exactly one process's micro-batches."""
+    n = math.lcm(grad_accum, world)
+    if batch_size % n:
+        raise ValueError(
+            f"optim.batch_size={batch_size} cannot be cut into {n} micro-batches (lcm of grad_accum={grad_accum} "
+            f"and {world} processes): make batch_size a multiple of {n}, or grad_accum a multiple of {world}"
+        )
+    if n != grad_accum:
+        log.warning(
+            "optim.grad_accum=%d on %d processes: each step runs as %d micro-batches of %d; a grad_accum that is "
+            "a multiple of %d keeps the 1-process micro-batches (and numbers)",
+            grad_accum,
+            world,
+            n,
+            batch_size // n,
+            world,
+        )
+    return n, batch_size // n
+
+
+class _Step(nn.Module):
+    """The loss function as one module's forward, so DDP sees one forward per backward."""
+
+    def __init__(self, module: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.module, self.loss_fn = module, loss_fn
+
+    def forward(self, batch: Any) -> dict[str, Any]:
+        return self.loss_fn(batch)
 
 
 class Trainer:
@@ -118,13 +183,21 @@ class Trainer:
         *,
         eval_fn: Callable[[int], dict[str, Any]] | None = None,
         save_fn: Callable[[Path], None] | None = None,
-        device: torch.device | None = None,
         schedule: Schedule | None = None,
+        accelerator=None,
+        run_config: dict[str, Any] | None = None,
+        report_to: Iterable[str] = ("jsonl",),
     ):
-        self.module, self.loss_fn, self.batch_fn, self.s = module, loss_fn, batch_fn, settings
+        self.module, self.batch_fn, self.s = module, batch_fn, settings
         self.out = Path(out_dir)
         self.eval_fn, self.save_fn, self.schedule = eval_fn, save_fn, schedule
-        self.device = device or next(module.parameters()).device
+        cpu = next(module.parameters()).device.type == "cpu"
+        self.acc = accelerator if accelerator is not None else make_accelerator(settings, cpu=cpu)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.micro_batches, self.micro_size = split_step(settings.batch_size, settings.grad_accum, self.world)
+        self.local_accum = self.micro_batches // self.world
+        if settings.gradient_checkpointing:
+            recompute_mlps(module)
         self.params = [p for p in module.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.dim() >= 2]
         no_decay = [p for p in self.params if p.dim() < 2]
@@ -134,78 +207,87 @@ class Trainer:
             betas=(0.9, 0.999),
         )
         self.scheduler = cosine_with_warmup(self.optimizer, settings.max_steps, settings.warmup_ratio)
+        self.step_module = self.acc.prepare_model(_Step(module, loss_fn))  # DDP (+ autocast) when asked
+        self.run_config = run_config if run_config is not None else {"optim": asdict(settings)}
+        self.report_to = tuple(report_to)
         self.step = 0
-        self.rank, self.world = _world()
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.out / "checkpoint"
+    def main(self) -> bool:
+        return self.acc.is_main_process
 
-    def resume(self) -> bool:
-        if not (self.checkpoint_dir / "trainer_state.json").is_file():
-            return False
-        state = load_checkpoint(self.checkpoint_dir, self.module, self.optimizer, self.scheduler)
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(path, self.module, self.optimizer, self.scheduler, rank=self.rank)
         self.step = state["step"]
         if self.schedule is not None:
             self.schedule.load_state_dict(state["extra"].get("schedule", {}))
-        log.info("resumed from %s at step %d", self.checkpoint_dir, self.step)
-        return True
-
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        log.info("resumed from %s at step %d", path, self.step)
 
     def _optimizer_step(self) -> dict[str, float]:
         parts: dict[str, float] = {}
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
-        for micro in range(self.s.grad_accum):
-            batch = self.batch_fn(self.step * self.s.grad_accum + micro, self.rank, self.world)
-            with self._autocast():
-                out = self.loss_fn(batch)
-            (out["total"] / self.s.grad_accum).backward()
+        for a in range(self.local_accum):
+            micro = a * self.world + self.rank  # this step's micro-batches go round-robin over processes
+            batch = self.batch_fn(self.step * self.s.batch_size + micro * self.micro_size, self.micro_size)
+            last = a == self.local_accum - 1
+            with contextlib.nullcontext() if last else self.acc.no_sync(self.step_module):
+                out = self.step_module(batch)
+                self.acc.backward(out["total"] / self.local_accum)
             for k, v in out.items():
                 parts[k] = (
-                    parts.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / self.s.grad_accum
+                    parts.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / self.local_accum
                 )
-        if self.world > 1:
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.world
-        parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.grad_clip))
+        parts = self._mean_over_processes(parts)
+        parts["grad_norm"] = float(self.acc.clip_grad_norm_(self.params, self.s.grad_clip))
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return parts
 
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.rank == 0:
-            with (self.out / "log.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+    def _mean_over_processes(self, parts: dict[str, float]) -> dict[str, float]:
+        """The logged loss is the whole step's, not the main process's share of it."""
+        if self.world == 1:
+            return parts
+        keys = sorted(parts)
+        values = torch.tensor([parts[k] for k in keys], dtype=torch.float64, device=self.acc.device)
+        return dict(zip(keys, self.acc.reduce(values, reduction="mean").tolist()))
 
     def _save(self) -> None:
-        if self.rank == 0:
-            save_checkpoint(
-                self.checkpoint_dir,
-                self.module,
-                self.optimizer,
-                self.scheduler,
-                self.step,
-                extra={"settings": asdict(self.s)}
-                | ({"schedule": self.schedule.state_dict()} if self.schedule is not None else {}),
-            )
+        rng = {k: self.acc.gather(v.to(self.acc.device)) for k, v in local_rng_state().items()}  # (ranks, N)
+        if not self.main:
+            return
+        extra = {"config": self.run_config, "world_size": self.world}
+        if self.schedule is not None:
+            extra["schedule"] = self.schedule.state_dict()
+        path = checkpoint_path(self.out, self.step)
+        save_checkpoint(path, self.module, self.optimizer, self.scheduler, self.step, extra=extra, rng=rng)
+        for gone in prune_checkpoints(self.out, self.s.keep_last):
+            log.debug("removed %s (keep_last=%d)", gone, self.s.keep_last)
 
-    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+    def fit(
+        self, stop_after: int | None = None, resume_from: Path | None = None, resume_note: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Train to `max_steps` (or stop early after `stop_after` total steps, checkpointed),
-        resuming from the checkpoint in `out_dir` when there is one."""
+        continuing from checkpoint `resume_from` when given (`training.resume.plan_resume`
+        decides whether one may be; `resume_note` joins the logged resume record). The main
+        process returns the last logged record."""
         self.out.mkdir(parents=True, exist_ok=True)
-        if not self.resume():
+        if resume_from is not None:
+            self._resume(Path(resume_from))
+        else:
             torch.manual_seed(self.s.seed)
+        trackers = Trackers(
+            self.out,
+            self.report_to,
+            main=self.main,
+            config=self.run_config,
+            resume_step=self.step if resume_from is not None else None,
+        )
+        if resume_from is not None:
+            trackers.log({"step": self.step, "resumed_from": Path(resume_from).name, **(resume_note or {})})
         end = min(self.s.max_steps, stop_after) if stop_after is not None else self.s.max_steps
-        bar = tqdm(total=self.s.max_steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
+        bar = tqdm(total=self.s.max_steps, initial=self.step, desc="train", disable=not self.main, dynamic_ncols=True)
         last: dict[str, Any] = {}
         t0, seen = time.perf_counter(), 0
         while self.step < end:
@@ -218,19 +300,22 @@ class Trainer:
             if self.step % self.s.log_every == 0 or self.step == end:
                 lr = self.scheduler.get_last_lr()[0]
                 last = {"step": self.step, "lr": lr, **tags, **parts, "examples_per_s": rate}
-                self._log(last)
+                trackers.log(last)
             event = self.schedule.after_step(self.step) if self.schedule is not None else None
             if event:  # before the save below, so the checkpoint holds the decision
-                self._log({"step": self.step, **event})
+                trackers.log({"step": self.step, **event})
             if self.eval_fn and self.s.eval_every and self.step % self.s.eval_every == 0 and self.step < end:
-                self._log({"step": self.step, "eval": self.eval_fn(self.step)})
+                if self.main:
+                    trackers.log({"step": self.step, "eval": self.eval_fn(self.step)})
             if self.step % self.s.save_every == 0 or self.step == end:
                 self._save()
         bar.close()
-        if self.step >= self.s.max_steps:
+        if self.step >= self.s.max_steps and self.main:
             if self.eval_fn:
                 last["eval"] = self.eval_fn(self.step)
-                self._log({"step": self.step, "eval": last["eval"]})
-            if self.save_fn and self.rank == 0:
+                trackers.log({"step": self.step, "eval": last["eval"]})
+            if self.save_fn:
                 self.save_fn(self.out / "adapter")
-        return last
+        self.acc.wait_for_everyone()  # nobody leaves (or starts the next run here) before the files are written
+        trackers.close()
+        return last if self.main else {}

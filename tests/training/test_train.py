@@ -4,6 +4,7 @@ the trainable-parameter count is what the config implies; bad configs fail early
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_bases, tmp_path):
     split = build_config({**raw, "output_dir": str(tmp_path / "b")})
     train(split, stop_after=3, progress=False)
     assert not (tmp_path / "b" / "adapter").exists()
-    train(split, progress=False)
+    train(replace(split, resume="auto"), progress=False)  # resuming is explicit
     a = load_adapter(tmp_path / "a" / "adapter").state_dict()
     b = load_adapter(tmp_path / "b" / "adapter").state_dict()
     assert a.keys() == b.keys()
@@ -186,7 +187,7 @@ def test_curriculum_run_logs_stages_and_resumes_exactly_across_a_boundary(tiny_b
     assert recorded["curriculum"]["stages"] == 2 and recorded["curriculum"]["steps_per_stage"] == 2
     split = build_config({**raw, "output_dir": str(tmp_path / "b")})
     train(split, stop_after=3, progress=False)  # stage 2 began at step 2
-    train(split, progress=False)
+    train(replace(split, resume="auto"), progress=False)  # resuming is explicit
     a = load_adapter(tmp_path / "a" / "adapter").state_dict()
     b = load_adapter(tmp_path / "b" / "adapter").state_dict()
     for k in a:
@@ -214,11 +215,11 @@ def test_gated_curriculum_records_its_boundaries_and_resumes_exactly(tiny_bases,
     assert [r["stage"] for r in log if "total" in r] == [1, 1, 2, 2, 3, 3]
     gates = [(r["step"], r["curriculum"]["advanced"]) for r in log if "curriculum" in r]
     assert gates == [(1, False), (2, True), (3, False), (4, True)]
-    state = json.loads((tmp_path / "a" / "checkpoint" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "a" / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["extra"]["schedule"]["stage_starts"] == [2, 4]
     split = build_config({**raw, "output_dir": str(tmp_path / "b")})
     train(split, stop_after=3, progress=False)
-    train(split, progress=False)
+    train(replace(split, resume="auto"), progress=False)  # resuming is explicit
     a = load_adapter(tmp_path / "a" / "adapter").state_dict()
     b = load_adapter(tmp_path / "b" / "adapter").state_dict()
     for k in a:
