@@ -8,6 +8,8 @@ the arguments are parsed (no torch), so `kava serve --help` answers at once. Wit
 it serves the built-in model, or exits with how to build it. Every adapter directory is
 checked (`kava.adapters.read_manifest`) before the model loads, so a malformed file stops
 start-up with its name and problem. The first SIGTERM drains (see `server.draining`).
+With `--replicas N` (N > 1) or `--max-replicas`, the same app runs as N replicas on Ray
+Serve instead (`server.scale_out` holds those flags, `server.ray_serve` runs them).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
 
+from server.scale_out import ScaleOut, deployment_options
 from server.settings import AdapterSpec, BuiltinMissing, Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,9 @@ METAVARS = {
     "adapter_roots": "DIR",
     "api_key": "KEY",
     "admin_api_key": "KEY",
+    "max_replicas": "N",
+    "max_ongoing_requests": "N",
+    "target_ongoing_requests": "X",
 }
 
 
@@ -56,9 +63,16 @@ def _flag_help(name: str, info: FieldInfo) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field; values stay strings for Settings to validate (one set of
-    messages for flags and variables alike)."""
-    for name, info in Settings.model_fields.items():
+    """One flag per Settings field, then one per ScaleOut field in a group of their own."""
+    _add_fields(parser, Settings)
+    group = parser.add_argument_group("scale-out", "replicas on Ray Serve (pip install 'kava[ray]')")
+    _add_fields(group, ScaleOut)
+
+
+def _add_fields(parser: argparse.ArgumentParser | argparse._ArgumentGroup, model: type[BaseSettings]) -> None:
+    """One flag per field; values stay strings for the model to validate (one set of messages
+    for flags and variables alike)."""
+    for name, info in model.model_fields.items():
         annotation = info.annotation
         args = typing.get_args(annotation)
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _flag_help(name, info)}
@@ -77,8 +91,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    given = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
-    return Settings(**given)
+    return Settings(**_given(args, Settings))
+
+
+def scale_out_from_args(args: argparse.Namespace) -> ScaleOut:
+    return ScaleOut(**_given(args, ScaleOut))
+
+
+def _given(args: argparse.Namespace, model: type[BaseSettings]) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if v is not None and k in model.model_fields}
 
 
 def _check_adapters(adapters: Sequence[AdapterSpec]) -> list[str]:
@@ -97,6 +118,7 @@ def _check_adapters(adapters: Sequence[AdapterSpec]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
+        scale = scale_out_from_args(args)
         problems = _check_adapters(settings.served_adapters())
     except ValidationError as exc:
         log.error("invalid server settings (flags or KAVA_* variables):\n%s", exc)
@@ -107,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         log.error("cannot serve:\n%s", "\n".join(problems))
         return 2
+    if scale.on_ray:
+        return _run_on_ray(settings, scale)
     import uvicorn
 
     from server.app import create_app
@@ -126,3 +150,17 @@ def run(args: argparse.Namespace) -> int:
         log.error("the server did not start (see the error above)")
         return 1
     return 0
+
+
+def _run_on_ray(settings: Settings, scale: ScaleOut) -> int:
+    try:
+        deployment_options(settings, scale)  # before Ray starts: options that do not fit together
+    except ValueError as exc:
+        log.error("invalid scale-out settings: %s", exc)
+        return 2
+    try:
+        from server.ray_serve import run_local
+    except ImportError as exc:
+        log.error("--replicas needs Ray Serve (%s); install it with: pip install 'kava[ray]'", exc)
+        return 2
+    return run_local(settings, scale)
