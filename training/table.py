@@ -31,6 +31,8 @@ METHODS: dict[str, tuple[str, list[str], str]] = {
     "codi": ("CODI-style (sequential latents)", ["method.objective=codi"], "latent"),
     "pccot": ("PCCoT (Jacobi, no KV loss)", ["method.objective=pccot"], "latent"),
     "kava": ("KaVa (R-KV eviction)", ["method.objective=kava"], "latent"),
+    "kava-kv10": ("KaVa, α2 = 10 (kv_weight)", ["method.objective=kava", "method.kv_weight=10"], "latent"),
+    "kava-kv30": ("KaVa, α2 = 30 (kv_weight)", ["method.objective=kava", "method.kv_weight=30"], "latent"),
     "kava-crop": ("KaVa (crop eviction)", ["method.objective=kava", "method.eviction=crop"], "latent"),
     "kava-prerope": ("KaVa (R-KV, pre-RoPE keys)", ["method.objective=kava", "method.kv_key_space=pre_rope"], "latent"),
     "kava-curriculum": (
@@ -80,6 +82,8 @@ def run_one(name: str, style: str, seed: int, work: Path, steps: int, n_eval: in
     }
     if name == "kava":  # the cost comparison: the same adapter in both modes
         res["cot"] = evaluate(model, examples, mode="cot", batch_size=50, progress=False)
+    if mode == "latent":  # are the latents used? the same adapter without a Jacobi pass
+        res["latent_t0"] = evaluate(model, examples, mode="latent", batch_size=50, num_iterations=0, progress=False)
     res["eval_mode"] = mode
     result_file.write_text(json.dumps(res, indent=2))
     return res
@@ -132,6 +136,13 @@ def render(results: list[dict[str, Any]]) -> str:
     lines.append("")
     seeds = f"{counts.pop()} seed(s) per cell" if len(counts) == 1 else "seeds per cell in brackets"
     lines.append(f"Held-out accuracy (%), {seeds}.")
+    used = [(METHODS[n][0], st, rs) for (n, st), rs in by.items() if all("latent_t0" in r for r in rs)]
+    if used:
+        lines += ["", "| are the latents used? | style | latent | latent, T = 0 (init pass only) |"]
+        lines.append("|---|---|---|---|")
+        for label, style, rs in used:
+            t, t0 = (statistics.mean(100 * r[k]["accuracy"] for r in rs) for k in ("latent", "latent_t0"))
+            lines.append(f"| {label} | {style} | {t:.1f} | {t0:.1f} |")
     lines.append("")
     lines.append(
         "| KaVa adapter, same questions | style | forward passes / q | generated tokens / q | ms / q (batch 50) |"

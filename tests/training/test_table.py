@@ -28,3 +28,12 @@ def test_uneven_seed_counts_are_named_per_cell():
     assert "| KaVa (R-KV eviction) | 15.0 ± 7.1 (2 seeds) |" in table
     assert "| PCCoT (Jacobi, no KV loss) | 5.0 (1 seed) |" in table
     assert "seeds per cell in brackets" in table
+
+
+def test_latents_used_row_compares_with_no_jacobi_pass_and_skips_cells_without_it():
+    rows = [_cell("kava", "equation", s, a) for s, a in enumerate([0.20, 0.30])]
+    for r, t0 in zip(rows, [0.10, 0.12]):
+        r["latent_t0"] = {"accuracy": t0}
+    table = render([*rows, _cell("pccot", "equation", 0, 0.05)])
+    assert "| KaVa (R-KV eviction) | equation | 25.0 | 11.0 |" in table
+    assert "| PCCoT (Jacobi, no KV loss) | equation |" not in table  # no T = 0 result recorded
