@@ -20,6 +20,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from training.resume import flatten
+
 log = logging.getLogger(__name__)
 
 REPORTERS = ("jsonl", "tensorboard", "wandb")
@@ -65,14 +67,10 @@ def scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out |= _flat_config(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) or v is None else str(v)
-    return out
+def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run config as hparams: dotted names (`training.resume.flatten`), values a tracker takes."""
+    plain = (bool, int, float, str, type(None))
+    return {k: v if isinstance(v, plain) else str(v) for k, v in flatten(config).items()}
 
 
 class Trackers:
