@@ -73,6 +73,7 @@ class MethodConfig:
     eviction_lambda: float = 0.1
     kv_key_space: KeySpace = "post_rope"
     kv_reduction: KVReduction = "mean"  # "sum" is the paper's formula; its alpha_2 must be retuned (METHOD.md §4)
+    step_weight: float = 0.0  # alpha_3: step supervision (SIM-CoT-style), 0 = off (the paper's objective)
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -92,7 +93,7 @@ class MethodConfig:
             isinstance(self.answer_prompt, str) and self.answer_prompt.strip() != "",
             f"answer_prompt={self.answer_prompt!r}: must be a non-empty string",
         )
-        for name in ("student_ce_weight", "teacher_ce_weight", "codi_weight", "kv_weight"):
+        for name in ("student_ce_weight", "teacher_ce_weight", "codi_weight", "kv_weight", "step_weight"):
             v = getattr(self, name)
             _check(p, isinstance(v, (int, float)) and v >= 0, f"{name}={v!r}: must be a number >= 0")
         _check(p, self.codi_loss in DISTILL_LOSSES, f"codi_loss={self.codi_loss!r}: must be one of {DISTILL_LOSSES}")
@@ -123,6 +124,11 @@ class MethodConfig:
     @property
     def uses_codi_loss(self) -> bool:
         return self.uses_latents and self.codi_weight > 0
+
+    @property
+    def uses_step_loss(self) -> bool:
+        """Step supervision: latent slot j_k alone decodes trace step k (`kava.prompts.step_slots`)."""
+        return self.uses_latents and self.step_weight > 0
 
     @property
     def uses_trace(self) -> bool:

@@ -1,6 +1,6 @@
 """The KaVa objective (METHOD.md §4) and one function for a whole training step's forward.
 
-L = w_s CE_student + w_t CE_teacher + a1 L_CODI + a2 L_KV. Owns the four terms and the
+L = w_s CE_student + w_t CE_teacher + a1 L_CODI + a2 L_KV [+ a3 L_step]. Owns the terms and the
 teacher/student passes that feed them; the student's latent phase is the same code the
 server runs (`kava.latent`). A curriculum batch (`encode_training_batch(written_from=k)`)
 runs through the same step: its student suffix carries the still-written steps and its
@@ -35,10 +35,12 @@ class LossOutput:
     teacher_ce: torch.Tensor
     codi: torch.Tensor
     kv: torch.Tensor
+    step_ce: torch.Tensor | None = None  # step supervision CE, when the config uses it
     weighted: dict[str, torch.Tensor] = field(default_factory=dict)  # each term x its weight, with grad
 
     def items(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "student_ce", "teacher_ce", "codi", "kv")}
+        names = ("total", "student_ce", "teacher_ce", "codi", "kv") + (("step_ce",) if self.step_ce is not None else ())
+        return {k: float(getattr(self, k).detach()) for k in names}
 
 
 # Terms -----------------------------------------------------------------------------------
@@ -178,11 +180,25 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
             reduction=cfg.kv_reduction,
         )
 
+    # 5. Step supervision (SIM-CoT-style, off by default): latent slot j_k, projected to an
+    #    input vector and seen alone, decodes written step k (`kava.prompts.step_slots`)
+    step = None
+    if cfg.uses_step_loss and batch.steps is not None:
+        sb = batch.steps
+        z = model.project(lat.hidden[sb.row, sb.slot])  # (K, D)
+        x = torch.cat([z[:, None], model.embed(sb.ids).to(z.dtype)], dim=1)  # (K, 1 + Ls, D)
+        step = ce_loss(model(x, sb.mask, positions(sb.mask)).logits, sb.labels)
+
     weighted = {
         "student_ce": cfg.student_ce_weight * student_ce,
         "teacher_ce": cfg.teacher_ce_weight * teacher_ce,
         "codi": cfg.codi_weight * codi,
         "kv": cfg.kv_weight * kv,
     }
+    if step is not None:
+        weighted["step_ce"] = cfg.step_weight * step
     total = sum(weighted.values())
-    return LossOutput(total, student_ce.detach(), teacher_ce.detach(), codi.detach(), kv.detach(), weighted)
+    return LossOutput(
+        total, student_ce.detach(), teacher_ce.detach(), codi.detach(), kv.detach(),
+        step.detach() if step is not None else None, weighted,
+    )  # fmt: skip

@@ -45,6 +45,8 @@ def render_model_card(manifest: Any, evaluation: dict[str, Any] | None = None) -
         f"| weights w_s, w_t, α1, α2 | {method.student_ce_weight}, {method.teacher_ce_weight}, "
         f"{method.codi_weight}, {method.kv_weight} |",
     ]
+    if method.uses_step_loss:
+        lines.append(f"| step supervision α3 | {method.step_weight} |")
     if lora is not None:
         lines.append(f"| LoRA r / alpha / dropout | {lora.r} / {lora.alpha} / {lora.dropout} |")
     if data:

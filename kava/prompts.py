@@ -169,11 +169,52 @@ class TrainBatch:
     suffix_mask: torch.Tensor  # (B, La)
     suffix_labels: torch.Tensor  # (B, La)
     student_codi_pos: torch.Tensor  # (B,) the same position, counted in the suffix
+    steps: StepBatch | None = None  # step supervision rows (`MethodConfig.uses_step_loss`)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         moved["prefix"] = self.prefix.to(device)
+        moved["steps"] = self.steps.to(device) if self.steps is not None else None
         return TrainBatch(**moved)
+
+
+@dataclass
+class StepBatch:
+    """Step supervision (SIM-CoT-style): row i asks latent slot `slot[i]` of example `row[i]`,
+    projected to an input vector and seen alone, to decode one written step `z C_k`."""
+
+    ids: torch.Tensor  # (K, Ls) right-padded step tokens
+    mask: torch.Tensor  # (K, 1 + Ls) the latent vector, then the step tokens
+    labels: torch.Tensor  # (K, 1 + Ls) aligned to the inputs: position i predicts step token i
+    row: torch.Tensor  # (K,) which example
+    slot: torch.Tensor  # (K,) which latent slot
+
+    def to(self, device: torch.device | str) -> StepBatch:
+        return StepBatch(*(t.to(device) for t in (self.ids, self.mask, self.labels, self.row, self.slot)))
+
+
+def step_slots(num_steps: int, num_latents: int) -> list[int]:
+    """The latent slot that holds each of `num_steps` steps: the last of M/S equal groups
+    (M = 12: 3 steps -> 3, 7, 11; 4 steps -> 2, 5, 8, 11), so the last step lands on the last slot."""
+    return [-(-(k + 1) * num_latents // num_steps) - 1 for k in range(num_steps)]
+
+
+def encode_steps(tokenizer, step_lists: Sequence[Sequence[str]], num_latents: int, pad: int) -> StepBatch | None:
+    """One row per (example, step); None when no example has a step."""
+    rows, owners, slots = [], [], []
+    for b, steps in enumerate(step_lists):
+        for step, slot in zip(steps, step_slots(len(steps), num_latents)):
+            rows.append(_ids(tokenizer, steps_text([step])))
+            owners.append(b)
+            slots.append(slot)
+    if not rows:
+        return None
+    ids, mask = pad_right(rows, pad)
+    labels = torch.full((len(rows), ids.shape[1] + 1), IGNORE, dtype=torch.long)
+    for i, r in enumerate(rows):
+        labels[i, : len(r)] = torch.tensor(r)
+    mask = torch.cat([mask.new_ones((len(rows), 1)), mask], dim=1)
+    return StepBatch(ids, mask, labels, torch.tensor(owners), torch.tensor(slots))
 
 
 def _shifted_labels(rows: list[list[int]], starts: list[int], width: int) -> torch.Tensor:
@@ -266,6 +307,7 @@ def encode_training_batch(
     answers = [_ids(tokenizer, answer_text(ex.answer)) for ex in examples]
     kv_cot_mask = teacher.cot_mask.clone()
     written: list[list[int]] = [[] for _ in examples]
+    supervised = [trace_steps(ex.steps, config)[:written_from] for ex in examples]  # the steps latents replace
     if written_from is not None:
         for b, ex in enumerate(examples):
             steps = trace_steps(ex.steps, config)
@@ -294,4 +336,5 @@ def encode_training_batch(
         student_codi_pos=torch.tensor(
             [len(w) + len(p_ids) + codi_offset(tokenizer, a) for w, a in zip(written, answers)]
         ),
+        steps=encode_steps(tokenizer, supervised, config.num_latents, ids.pad) if config.uses_step_loss else None,
     )

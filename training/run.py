@@ -123,6 +123,8 @@ def train(
             "codi": out_.codi,
             "kv": out_.kv,
         }
+        if out_.step_ce is not None:
+            parts["step_ce"] = out_.step_ce
         every, calls = cfg.eval.grad_share_every, calls + 1
         if every and calls % every == 0:  # on logged steps when every is a multiple of log_every
             parts |= {f"grad_share_{k}": v for k, v in gradient_shares(out_.weighted, model).items()}

@@ -34,6 +34,7 @@ METHODS: dict[str, tuple[str, list[str], str]] = {
     "kava-kv10": ("KaVa, α2 = 10 (kv_weight)", ["method.objective=kava", "method.kv_weight=10"], "latent"),
     "kava-kv30": ("KaVa, α2 = 30 (kv_weight)", ["method.objective=kava", "method.kv_weight=30"], "latent"),
     "kava-kv100": ("KaVa, α2 = 100 (kv_weight)", ["method.objective=kava", "method.kv_weight=100"], "latent"),
+    "kava-step": ("KaVa + step supervision (α3 = 1)", ["method.objective=kava", "method.step_weight=1"], "latent"),
     "kava-crop": ("KaVa (crop eviction)", ["method.objective=kava", "method.eviction=crop"], "latent"),
     "kava-prerope": ("KaVa (R-KV, pre-RoPE keys)", ["method.objective=kava", "method.kv_key_space=pre_rope"], "latent"),
     "kava-curriculum": (

@@ -218,3 +218,45 @@ def test_a_few_curriculum_steps_lower_the_loss(tiny_bases, objective):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.9 * losses[0], losses
     assert out.items()["student_ce"] > 0 and out.items()["codi"] > 0
+
+
+# Step supervision (SIM-CoT-style) ------------------------------------------------------------
+def test_step_slots_end_each_equal_group_and_the_last_step_on_the_last_slot():
+    from kava.prompts import step_slots
+
+    assert step_slots(3, 12) == [3, 7, 11]
+    assert step_slots(4, 12) == [2, 5, 8, 11]
+    assert step_slots(1, 12) == [11]
+    assert step_slots(5, 2) == [0, 0, 1, 1, 1]  # more steps than slots: none falls outside
+
+
+def test_step_rows_decode_each_written_step_from_its_slot(tiny_bases):
+    cfg = tiny_method(drop_last_step=False, step_weight=1.0)
+    model = build_model(tiny_bases["llama"], cfg, TINY_LORA)
+    sb = _batch(model).steps
+    tok = model.tokenizer
+    want = [(b, s.strip()) for b, ex in enumerate(EXAMPLES) for s in ex.steps]
+    assert [(int(r), tok.decode(ids[m[1:].bool()]).strip()) for r, ids, m in zip(sb.row, sb.ids, sb.mask)] == want
+    # position i of (z, C_k) predicts step token i; the last real position predicts nothing
+    for ids, mask, labels in zip(sb.ids, sb.mask, sb.labels):
+        n = int(mask.sum()) - 1
+        assert labels[:n].tolist() == ids[:n].tolist() and (labels[n:] == IGNORE).all()
+    assert _batch(build_model(tiny_bases["llama"], tiny_method(), TINY_LORA)).steps is None
+
+
+def test_step_loss_is_weighted_in_and_reaches_the_latents(tiny_bases):
+    torch.manual_seed(0)
+    cfg = tiny_method(drop_last_step=False, num_iterations=1, step_weight=0.5)
+    model = build_model(tiny_bases["llama"], cfg, TINY_LORA).train()
+    perturb_trainables(model)
+    out = training_step(model, _batch(model))
+    parts = out.items()
+    expected = parts["student_ce"] + parts["teacher_ce"] + parts["codi"] + parts["kv"] + 0.5 * parts["step_ce"]
+    assert parts["total"] == pytest.approx(expected, rel=1e-5) and parts["step_ce"] > 0
+    # the term depends on the latents: its gradient reaches the <latent> row through the Jacobi passes
+    model.zero_grad()
+    out.weighted["step_ce"].backward()
+    grad = model.special_rows.grad
+    assert grad is not None and grad[2].abs().sum() > 0
+    plain = build_model(tiny_bases["llama"], tiny_method(drop_last_step=False), TINY_LORA)
+    assert "step_ce" not in training_step(plain, _batch(plain)).items()
