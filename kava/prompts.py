@@ -283,6 +283,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _step_rows(tokenizer, examples, config: MethodConfig, pad: int, written_from: int | None) -> StepBatch | None:
+    """Step supervision over the steps the latents replace (all, or the first k in stage k)."""
+    replaced = [trace_steps(ex.steps, config)[:written_from] for ex in examples]
+    return encode_steps(tokenizer, replaced, config.num_latents, pad)
+
+
 def encode_training_batch(
     tokenizer,
     examples: Sequence[Example],
@@ -307,7 +313,6 @@ def encode_training_batch(
     answers = [_ids(tokenizer, answer_text(ex.answer)) for ex in examples]
     kv_cot_mask = teacher.cot_mask.clone()
     written: list[list[int]] = [[] for _ in examples]
-    supervised = [trace_steps(ex.steps, config)[:written_from] for ex in examples]  # the steps latents replace
     if written_from is not None:
         for b, ex in enumerate(examples):
             steps = trace_steps(ex.steps, config)
@@ -336,5 +341,5 @@ def encode_training_batch(
         student_codi_pos=torch.tensor(
             [len(w) + len(p_ids) + codi_offset(tokenizer, a) for w, a in zip(written, answers)]
         ),
-        steps=encode_steps(tokenizer, supervised, config.num_latents, ids.pad) if config.uses_step_loss else None,
+        steps=_step_rows(tokenizer, examples, config, ids.pad, written_from) if config.uses_step_loss else None,
     )

@@ -20,7 +20,7 @@ import torch
 
 from kava.backbone import KavaModel
 from kava.latent import prefill, run_latents
-from kava.prompts import Example, encode_prefixes, positions, step_slots, trace_steps
+from kava.prompts import Example, encode_prefixes, encode_steps, positions, trace_steps
 
 _RESULT = re.compile(r"=\s*(-?[\d.,]+)")
 
@@ -39,15 +39,11 @@ def decode_slots(model: KavaModel, examples: Sequence[Example], max_new: int = 1
     lat = run_latents(
         model, pre, num_latents=cfg.num_latents, num_iterations=cfg.num_iterations, sequential=cfg.sequential
     )
-    owners, slots = [], []
-    for b, ex in enumerate(examples):
-        s = len(trace_steps(ex.steps, cfg))
-        owners += [b] * s
-        slots += step_slots(s, cfg.num_latents) if s else []
-    if not owners:
+    sb = encode_steps(model.tokenizer, [trace_steps(ex.steps, cfg) for ex in examples], cfg.num_latents, model.ids.pad)
+    if sb is None:
         return [[] for _ in examples]
-    rows = torch.tensor(owners, device=model.device)
-    x = model.project(lat.hidden[rows, torch.tensor(slots, device=model.device)])[:, None]  # (K, 1, D)
+    owners = sb.row.tolist()
+    x = model.project(lat.hidden[sb.row.to(model.device), sb.slot.to(model.device)])[:, None]  # (K, 1, D)
     mask = torch.ones(len(owners), 1, dtype=torch.long, device=model.device)
     out = model(x, mask, positions(mask))
     picks = []
