@@ -199,26 +199,40 @@ class FastLM:
         return F.linear(h, self.head_w, self.head_b)
 
 
-_BUILT: weakref.WeakKeyDictionary[KavaModel, tuple[tuple, FastLM]] = weakref.WeakKeyDictionary()
+@dataclass
+class _Built:
+    params: tuple[torch.Tensor, ...]  # model.parameters() when built (walking the module tree costs ~0.5 ms)
+    key: tuple
+    lm: FastLM
 
 
-def _weights_key(model: KavaModel) -> tuple:
-    """Changes whenever any weight is replaced or updated in place (an optimizer step, a load)."""
-    return (model.adapter_name, *((p.data_ptr(), p._version) for p in model.parameters()))
+_BUILT: weakref.WeakKeyDictionary[KavaModel, _Built] = weakref.WeakKeyDictionary()
+
+
+def _weights_key(adapter: str, params: tuple[torch.Tensor, ...]) -> tuple:
+    """Changes whenever a weight is updated in place (an optimizer step, a load) or moved."""
+    return (adapter, *((p.data_ptr(), p._version) for p in params))
 
 
 def fast_lm(model: KavaModel) -> FastLM:
     """`model`'s fast form, built once and rebuilt only after its weights change (training
-    between evaluations). Raises FastPathUnsupported when there is none."""
-    key = _weights_key(model)
+    between evaluations) or its active adapter does. Weights are watched as the parameter
+    objects the model had when it was built: one replaced by a new object rather than
+    updated in place needs `forget_fast(model)`. Raises FastPathUnsupported when there is none."""
     hit = _BUILT.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    if hit is not None and hit.key == _weights_key(model.adapter_name, hit.params):
+        return hit.lm
     _BUILT.pop(model, None)  # free the stale copy before building the next one
+    params = tuple(model.parameters())
     with torch.no_grad():
         fast = FastLM(model)
-    _BUILT[model] = (key, fast)
+    _BUILT[model] = _Built(params, _weights_key(model.adapter_name, params), fast)
     return fast
+
+
+def forget_fast(model: KavaModel) -> None:
+    """Drop `model`'s fast form; the next `fast_lm(model)` rebuilds it from its current weights."""
+    _BUILT.pop(model, None)
 
 
 class KVCache:

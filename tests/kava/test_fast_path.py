@@ -13,7 +13,7 @@ import torch
 from tiny import EXAMPLES, make_model
 
 from kava import fastlm
-from kava.fastlm import KVCache, Plan, fast_lm, forward
+from kava.fastlm import KVCache, Plan, fast_lm, forget_fast, forward
 from kava.generate import solve_batch
 from kava.prompts import encode_prefixes, positions
 from kava.running import Ask, Running
@@ -127,6 +127,19 @@ def test_fast_weights_follow_in_place_updates(tiny_bases):
     assert fast_lm(model) is not before
     _same(solve_batch(model, QUESTIONS, max_new_tokens=5).results,
           solve_batch(model, QUESTIONS, max_new_tokens=5, fast=False).results)  # fmt: skip
+
+
+def test_forget_fast_picks_up_a_replaced_weight(tiny_bases):
+    """A weight replaced by a new Parameter object is not watched; `forget_fast` rebuilds
+    the fast form from the model's current weights."""
+    model = make_model(tiny_bases["llama"])
+    before = fast_lm(model)
+    model.special_rows = torch.nn.Parameter(model.special_rows.detach() + 1.0)
+    forget_fast(model)
+    after = fast_lm(model)
+    assert after is not before
+    assert torch.equal(after.special_rows, model.special_rows)
+    assert fast_lm(model) is after
 
 
 def test_unknown_family_runs_the_reference_path(tiny_bases, monkeypatch):
