@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from kava.adapters import save_adapter, write_model_card
+from kava.attention import NAME as SDPA_FP32
 from kava.backbone import build_model
 from kava.config import ConfigError
 from kava.losses import training_step
@@ -81,7 +82,11 @@ def train(
     log.info("data: %d training, %d evaluation problems", len(train_ex), len(eval_ex))
 
     torch.manual_seed(cfg.optim.seed)
-    model = build_model(cfg.base_model, cfg.method, cfg.lora, device=device, dtype=torch.float32)
+    # CPU bf16 autocast: matmuls in bf16, attention kept in fp32 (faster there; kava.attention)
+    attn = SDPA_FP32 if acc.mixed_precision == "bf16" and device.type == "cpu" else "sdpa"
+    model = build_model(
+        cfg.base_model, cfg.method, cfg.lora, device=device, dtype=torch.float32, attn_implementation=attn
+    )
     n_train = sum(p.numel() for p in model.trainable_parameters())
     log.info("trainable parameters: %d", n_train)
     sampler = EpochSampler(len(train_ex), cfg.optim.seed)
