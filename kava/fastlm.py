@@ -371,10 +371,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
     """(B, W, Hq, d) queries on (B, Hkv, view, d) keys and values -> (B * W, Hq d)."""
     b, w, hq, d = q.shape
+    dtype = q.dtype
+    if q.device.type == "cpu" and dtype == torch.bfloat16:  # CPU SDPA is slower in bf16 (kava.attention)
+        q, k, v = q.float(), k.float(), v.float()
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k, v, attn_mask=mask, scale=scaling, enable_gqa=hq != k.shape[1]
     )  # (B, Hq, W, d)
-    return out.transpose(1, 2).reshape(b * w, hq * d)
+    return out.transpose(1, 2).reshape(b * w, hq * d).to(dtype)
 
 
 def _grid(q: torch.Tensor, pad: torch.Tensor | None, rows: int, width: int) -> torch.Tensor:

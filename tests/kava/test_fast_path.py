@@ -160,13 +160,18 @@ def test_fast_equals_reference_on_cuda(tiny_bases, family):
         _same(fast.results, solve_batch(model, QUESTIONS, mode=mode, max_new_tokens=LIMITS, fast=False).results)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_bf16_fast_pass_tracks_the_hf_forward_on_cuda(tiny_bases, family):
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_bf16_fast_pass_tracks_the_hf_forward(tiny_bases, family, device):
     """bf16 rounds merged and unmerged LoRA differently, so tokens may part ways; one pass
-    must still agree to bf16 precision, and a solve must run with consistent counts."""
-    model = make_model(tiny_bases[family]).to(device="cuda", dtype=torch.bfloat16)
-    batch = encode_prefixes(model.tokenizer, QUESTIONS, model.ids, with_bot=True).to("cuda")
+    must still agree to bf16 precision, and a solve must run with consistent counts. On CPU
+    the fast path's attention runs in float32 (faster there), the HF forward's in bf16."""
+    model = make_model(tiny_bases[family]).to(device=device, dtype=torch.bfloat16)
+    batch = encode_prefixes(model.tokenizer, QUESTIONS, model.ids, with_bot=True).to(device)
     with torch.no_grad():
         ref = model(model.embed(batch.input_ids), batch.attention_mask, positions(batch.attention_mask))
         lm = fast_lm(model)
@@ -174,7 +179,7 @@ def test_bf16_fast_pass_tracks_the_hf_forward_on_cuda(tiny_bases, family):
         counts = [len(r) for r in rows]
         plan = Plan.build([0] * 4, counts, lm.device)
         h = lm.final_norm(forward(lm, KVCache(lm, 4, 64), lm.embed(torch.cat(rows)), plan))
-    ends = torch.tensor(counts, device="cuda").cumsum(0) - 1
+    ends = torch.tensor(counts, device=device).cumsum(0) - 1
     torch.testing.assert_close(h[ends].float(), ref.hidden[:, -1].float(), atol=0.1, rtol=0.05)
     t = model.config.num_iterations
     for r in solve_batch(model, QUESTIONS, max_new_tokens=LIMITS).results:
