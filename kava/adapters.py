@@ -443,6 +443,39 @@ def load_adapter(
     return model
 
 
+def init_from_adapter(model: KavaModel, path: str | Path | AdapterManifest) -> None:
+    """Start a freshly built model (`build_model`, same base and LoRA shape) from a saved
+    adapter's weights — LoRA, projection, special rows — to train on (`init_adapter=` in a
+    training config). Raises AdapterError naming every mismatch; the model is untouched then."""
+    from peft import set_peft_model_state_dict
+
+    manifest = _manifest(path)
+    path = manifest.path
+    state = _read_kava_state(manifest)
+    problems: list[str] = []
+    _check_against_model(manifest, state, model.tokenizer, model.lm, problems)
+    if manifest.lora is None or not hasattr(model.lm, "peft_config") or model.lora is None:
+        problems.append("starting from an adapter needs LoRA on both sides")
+    elif (manifest.lora.r, manifest.lora.alpha) != (model.lora.r, model.lora.alpha):
+        problems.append(
+            f"LoRA r={manifest.lora.r} alpha={manifest.lora.alpha} in the adapter, "
+            f"r={model.lora.r} alpha={model.lora.alpha} in this run's lora settings"
+        )
+    if problems:
+        raise AdapterError(path, problems)
+    try:
+        lora = load_file(str(path / PEFT_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(path, [f"{PEFT_WEIGHTS} is unreadable: {e}"]) from e
+    result = set_peft_model_state_dict(model.lm, lora, adapter_name=model.adapter_name)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise AdapterError(
+            path, [f"{PEFT_WEIGHTS}: {len(result.unexpected_keys)} unexpected and {len(missing)} missing LoRA tensors"]
+        )
+    _load_kava_state(model, state, path)
+
+
 def _load_kava_state(model: KavaModel, state: dict[str, torch.Tensor], path: Path) -> None:
     state = {k: v.to(device=model.device, dtype=model.dtype) for k, v in state.items()}
     with torch.no_grad():

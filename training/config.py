@@ -33,6 +33,8 @@ class DataSettings:
     num_train: int = 20_000  # problems drawn from the generator (builtin only)
     num_eval: int = 200
     seed: int = 1
+    min_steps: int = 2  # builtin training stream: problems of min_steps..4 steps (1 adds one-step questions)
+    rephrase: float = 0.0  # builtin training stream: share of questions asked the way people ask
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class TrainConfig:
     output_dir: str = "runs/kava"
     device: str = "auto"
     resume: str = "never"  # never: refuse an output_dir holding a checkpoint | auto: continue its newest
+    init_adapter: str = ""  # an adapter directory whose weights start the run (fine-tuning it further); "" = fresh
     report_to: tuple[str, ...] = ("jsonl",)  # jsonl | tensorboard | wandb
     method: MethodConfig = field(default_factory=MethodConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -121,6 +124,11 @@ def _data_problems(data: DataSettings, problems: list[str]) -> None:
     for name in ("num_train", "num_eval"):
         if not isinstance(getattr(data, name), int) or getattr(data, name) < 1:
             problems.append(f"data.{name}={getattr(data, name)!r}: must be an integer >= 1")
+    if data.min_steps not in (1, 2, 3, 4):
+        problems.append(f"data.min_steps={data.min_steps!r}: must be 1, 2, 3 or 4 (the generator writes up to 4 steps)")
+    r = data.rephrase
+    if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 <= r <= 1.0):
+        problems.append(f"data.rephrase={r!r}: must be a share in [0, 1]")
 
 
 def build_config(raw: dict[str, Any]) -> TrainConfig:

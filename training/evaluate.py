@@ -132,11 +132,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=HANDWRITTEN,
         help="hand-written questions reported as their own row with --data builtin ('' to skip)",
     )
+    p.add_argument(
+        "--rephrased",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --data builtin, also the held-out problems asked the way people ask, as their own row",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from kava.adapters import load_adapter
-    from training.data.task import resolve_examples
+    from training.data.task import held_out_rephrased, resolve_examples
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in DEFAULT_MAX_NEW]
@@ -170,6 +176,11 @@ def run(args: argparse.Namespace) -> int:
         hand_results = run_modes(hand_ex)
         summary["handwritten"] = {"data": str(hand), **hand_results, **_comparison(hand_results)}
         tables.append(f"hand-written questions ({len(hand_ex)}):\n" + markdown_table(hand_results))
+    if args.data == "builtin" and args.rephrased:
+        re_ex = held_out_rephrased(args.style, args.limit or len(examples))
+        re_results = run_modes(re_ex)
+        summary["rephrased"] = {**re_results, **_comparison(re_results)}
+        tables.append(f"held-out, asked the way people ask ({len(re_ex)}):\n" + markdown_table(re_results))
     text = json.dumps(summary, indent=2)
     print(text if args.json else "\n\n".join(tables))
     if args.out:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from kava.adapters import save_adapter, write_model_card
+from kava.adapters import init_from_adapter, save_adapter, write_model_card
 from kava.attention import NAME as SDPA_FP32
 from kava.backbone import build_model
 from kava.config import ConfigError
@@ -75,8 +75,9 @@ def train(
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    d = cfg.data
     train_ex = resolve_examples(
-        cfg.data.train, style=cfg.data.style, n=cfg.data.num_train, split="train", seed=cfg.data.seed
+        d.train, style=d.style, n=d.num_train, split="train", seed=d.seed, min_steps=d.min_steps, rephrase=d.rephrase
     )
     eval_ex = resolve_examples(cfg.data.eval, style=cfg.data.style, n=cfg.data.num_eval, split="eval")
     log.info("data: %d training, %d evaluation problems", len(train_ex), len(eval_ex))
@@ -87,6 +88,9 @@ def train(
     model = build_model(
         cfg.base_model, cfg.method, cfg.lora, device=device, dtype=torch.float32, attn_implementation=attn
     )
+    if cfg.init_adapter:
+        init_from_adapter(model, cfg.init_adapter)
+        log.info("weights from the adapter %s", cfg.init_adapter)
     n_train = sum(p.numel() for p in model.trainable_parameters())
     log.info("trainable parameters: %d", n_train)
     sampler = EpochSampler(len(train_ex), cfg.optim.seed)

@@ -4,17 +4,19 @@ never a crash), the typed manifest, multi-adapter, and confinement of paths to r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import EXAMPLES, make_model
+from tiny import EXAMPLES, TINY_LORA, make_model
 
 from kava.adapters import (
     AdapterError,
     attach_adapter,
     detach_adapter,
     find_adapter_dir,
+    init_from_adapter,
     load_adapter,
     read_adapter_config,
     read_manifest,
@@ -237,3 +239,23 @@ def test_find_adapter_dir_confines_paths_to_the_roots(saved, tmp_path):
                 "good/kava_config.json", "a\x00b", "/etc"):  # fmt: skip
         assert find_adapter_dir(bad, roots) is None, bad
     assert find_adapter_dir(inside, []) is None
+
+
+def test_init_from_adapter_copies_every_trained_weight(tiny_bases, tmp_path):
+    trained = make_model(tiny_bases["llama"], seed=3, num_iterations=2)
+    save_adapter(trained, tmp_path / "a")
+    fresh = make_model(tiny_bases["llama"], seed=9, num_iterations=2)
+    assert not torch.equal(_logits(fresh)[1], _logits(trained)[1])
+    init_from_adapter(fresh, tmp_path / "a")
+    assert fresh.special_rows.requires_grad and all(p.requires_grad for p in fresh.trainable_parameters())
+    for a, b in zip(_logits(fresh), _logits(trained)):
+        assert torch.equal(a, b)
+
+
+def test_init_from_adapter_refuses_another_lora_shape(tiny_bases, tmp_path):
+    save_adapter(make_model(tiny_bases["llama"], seed=3), tmp_path / "a")
+    fresh = make_model(tiny_bases["llama"], lora=replace(TINY_LORA, r=TINY_LORA.r * 2))
+    before = [p.detach().clone() for p in fresh.trainable_parameters()]
+    with pytest.raises(AdapterError, match=f"r={TINY_LORA.r} .* r={TINY_LORA.r * 2}"):
+        init_from_adapter(fresh, tmp_path / "a")
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.trainable_parameters()))

@@ -10,6 +10,7 @@ from tiny import make_model
 from kava.adapters import save_adapter
 from kava.prompts import Example
 from kava_cli.main import main as kava_main
+from training.data.task import held_out, held_out_rephrased
 from training.evaluate import evaluate
 
 FIELDS = {
@@ -100,6 +101,24 @@ def test_kava_eval_reports_the_handwritten_set_as_its_own_row(tiny_bases, tmp_pa
         assert FIELDS <= out["handwritten"][mode].keys() and out["handwritten"][mode]["n"] == 2
     assert kava_main([*args, "--handwritten", ""]) == 0
     assert "handwritten" not in json.loads(capsys.readouterr().out)
+
+
+def test_kava_eval_reports_the_rephrased_held_out_set_as_its_own_row(tiny_bases, tmp_path, capsys):
+    save_adapter(make_model(tiny_bases["llama"]), tmp_path / "a")
+    args = ["eval", "--adapter", str(tmp_path / "a"), "--json", "--limit", "3", "--max-new-tokens", "2"]
+    assert kava_main([*args, "--handwritten", ""]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for mode in ("latent", "cot"):
+        assert FIELDS <= out["rephrased"][mode].keys() and out["rephrased"][mode]["n"] == 3
+    assert kava_main([*args, "--handwritten", "", "--no-rephrased"]) == 0
+    assert "rephrased" not in json.loads(capsys.readouterr().out)
+
+
+def test_the_rephrased_held_out_set_is_the_held_out_problems_reworded():
+    plain, reworded = held_out("equation", 200), held_out_rephrased("equation", 200)
+    assert [(e.steps, e.answer) for e in reworded] == [(e.steps, e.answer) for e in plain]
+    assert sum(a.question != b.question for a, b in zip(plain, reworded)) >= 190
+    assert held_out_rephrased("equation", 50) == reworded[:50]
 
 
 def test_the_shipped_handwritten_set_is_well_formed():

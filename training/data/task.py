@@ -7,8 +7,11 @@ Questions and answers do not depend on the trace style, only the steps do.
 
 from __future__ import annotations
 
+import random
+
 from kava.prompts import Example
 from training.data.generator import TrainStream, held_out_split
+from training.data.paraphrase import paraphrase
 
 TRAIN_SEED = 1
 NUM_HELD_OUT = 500
@@ -18,9 +21,24 @@ def held_out(style: str = "equation", n: int = NUM_HELD_OUT) -> list[Example]:
     return held_out_split(n, style=style)
 
 
-def training_problems(style: str, n: int, seed: int = TRAIN_SEED) -> list[Example]:
+def held_out_rephrased(style: str = "equation", n: int = NUM_HELD_OUT) -> list[Example]:
+    """The held-out problems asked the way people ask (every rewrite on; `kava eval`'s own row)."""
+    return [paraphrase(e, random.Random(f"kava-rephrased:{i}"), 1.0) for i, e in enumerate(held_out(style, n))]
+
+
+def training_problems(
+    style: str, n: int, seed: int = TRAIN_SEED, *, min_steps: int = 2, rephrase: float = 0.0
+) -> list[Example]:
+    """`n` generated problems of `min_steps`..4 steps; a `rephrase` share of them asked the way
+    people ask (`training.data.paraphrase`), each rewrite with chance 1/2."""
     exclude = {e.question for e in held_out("equation")}
-    return TrainStream(seed, exclude, style=style).take(n)
+    out = TrainStream(seed, exclude, style=style, min_steps=min_steps).take(n)
+    if rephrase:
+        for i, e in enumerate(out):
+            rng = random.Random(f"kava-rephrase:{seed}:{i}")
+            if rng.random() < rephrase:
+                out[i] = paraphrase(e, rng)
+    return out
 
 
 def mixed_styles(n: int, seed: int = TRAIN_SEED) -> list[Example]:
@@ -29,14 +47,26 @@ def mixed_styles(n: int, seed: int = TRAIN_SEED) -> list[Example]:
     return [e if i % 2 == 0 else x for i, (e, x) in enumerate(zip(eq, nl))]
 
 
-def resolve_examples(source: str, *, style: str, n: int | None, split: str, seed: int = TRAIN_SEED) -> list[Example]:
+def resolve_examples(
+    source: str,
+    *,
+    style: str,
+    n: int | None,
+    split: str,
+    seed: int = TRAIN_SEED,
+    min_steps: int = 2,
+    rephrase: float = 0.0,
+) -> list[Example]:
     """A config's data source as examples. `builtin` is the generated task (the held-out
     split for evaluation, the excluded-stream for training); anything else goes through
-    `load_examples` (files, `hub:`, `builtin:N:seed`). `n` caps the count (None = all)."""
+    `load_examples` (files, `hub:`, `builtin:N:seed`). `n` caps the count (None = all).
+    `min_steps` and `rephrase` shape the generated training stream only."""
     from training.data.gsm8k import load_examples
 
     if source == "builtin":
         count = n if n is not None else NUM_HELD_OUT
-        return held_out(style, count) if split == "eval" else training_problems(style, count, seed)
+        if split == "eval":
+            return held_out(style, count)
+        return training_problems(style, count, seed, min_steps=min_steps, rephrase=rephrase)
     examples = list(load_examples(source, style=style))
     return examples[:n] if n is not None else examples
