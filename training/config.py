@@ -33,6 +33,7 @@ class DataSettings:
     num_train: int = 20_000  # problems drawn from the generator (builtin only)
     num_eval: int = 200
     seed: int = 1
+    max_value: int = 100  # builtin: the task's largest number (training stream and held-out split)
     min_steps: int = 2  # builtin training stream: problems of min_steps..4 steps (1 adds one-step questions)
     rephrase: float = 0.0  # builtin training stream: share of questions asked the way people ask
 
@@ -124,6 +125,8 @@ def _data_problems(data: DataSettings, problems: list[str]) -> None:
     for name in ("num_train", "num_eval"):
         if not isinstance(getattr(data, name), int) or getattr(data, name) < 1:
             problems.append(f"data.{name}={getattr(data, name)!r}: must be an integer >= 1")
+    if not isinstance(data.max_value, int) or data.max_value < 12:
+        problems.append(f"data.max_value={data.max_value!r}: must be an integer >= 12 (the templates need it)")
     if data.min_steps not in (1, 2, 3, 4):
         problems.append(f"data.min_steps={data.min_steps!r}: must be 1, 2, 3 or 4 (the generator writes up to 4 steps)")
     r = data.rephrase

@@ -116,6 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-model", default=None, help="override the base model recorded in the adapter")
     p.add_argument("--data", default="builtin", help="builtin (held-out split) | file path | hub:owner/name")
     p.add_argument("--style", default="equation", choices=["equation", "nl"])
+    p.add_argument("--max-value", type=int, default=100, help="with --data builtin: the task's largest number")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems")
     p.add_argument("--modes", default="latent,cot", help="comma list of latent,cot")
     p.add_argument("--batch-size", type=int, default=32)
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in modes if m not in DEFAULT_MAX_NEW]
     if bad:
         raise SystemExit(f"--modes: unknown mode(s) {bad}; choose from latent,cot")
-    examples = resolve_examples(args.data, style=args.style, n=args.limit, split="eval")
+    examples = resolve_examples(args.data, style=args.style, n=args.limit, split="eval", max_value=args.max_value)
     model = load_adapter(args.adapter, base_model=args.base_model, device=args.device, dtype=args.dtype)
 
     def run_modes(exs: Sequence[Example]) -> dict[str, dict[str, Any]]:
@@ -167,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         }
 
     results = run_modes(examples)
-    summary: dict[str, Any] = {"adapter": str(args.adapter), "data": args.data, "style": args.style, **results}
+    summary: dict[str, Any] = {"adapter": str(args.adapter), "data": args.data, "style": args.style}
+    summary |= {"max_value": args.max_value, **results}
     summary |= _comparison(results)
     tables = [markdown_table(results)]
     hand = args.handwritten  # a Path; '' becomes Path('.'), not a file, so it skips
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         summary["handwritten"] = {"data": str(hand), **hand_results, **_comparison(hand_results)}
         tables.append(f"hand-written questions ({len(hand_ex)}):\n" + markdown_table(hand_results))
     if args.data == "builtin" and args.rephrased:
-        re_ex = held_out_rephrased(args.style, args.limit or len(examples))
+        re_ex = held_out_rephrased(args.style, args.limit or len(examples), max_value=args.max_value)
         re_results = run_modes(re_ex)
         summary["rephrased"] = {**re_results, **_comparison(re_results)}
         tables.append(f"held-out, asked the way people ask ({len(re_ex)}):\n" + markdown_table(re_results))

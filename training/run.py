@@ -77,9 +77,16 @@ def train(
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     d = cfg.data
     train_ex = resolve_examples(
-        d.train, style=d.style, n=d.num_train, split="train", seed=d.seed, min_steps=d.min_steps, rephrase=d.rephrase
+        d.train,
+        style=d.style,
+        n=d.num_train,
+        split="train",
+        seed=d.seed,
+        min_steps=d.min_steps,
+        max_value=d.max_value,
+        rephrase=d.rephrase,
     )
-    eval_ex = resolve_examples(cfg.data.eval, style=cfg.data.style, n=cfg.data.num_eval, split="eval")
+    eval_ex = resolve_examples(d.eval, style=d.style, n=d.num_eval, split="eval", max_value=d.max_value)
     log.info("data: %d training, %d evaluation problems", len(train_ex), len(eval_ex))
 
     torch.manual_seed(cfg.optim.seed)

@@ -15,24 +15,33 @@ from training.data.paraphrase import paraphrase
 
 TRAIN_SEED = 1
 NUM_HELD_OUT = 500
+MAX_VALUE = 100  # the task's largest number; a smaller one is another task with its own held-out split
 
 
-def held_out(style: str = "equation", n: int = NUM_HELD_OUT) -> list[Example]:
-    return held_out_split(n, style=style)
+def held_out(style: str = "equation", n: int = NUM_HELD_OUT, *, max_value: int = MAX_VALUE) -> list[Example]:
+    return held_out_split(n, style=style, max_value=max_value)
 
 
-def held_out_rephrased(style: str = "equation", n: int = NUM_HELD_OUT) -> list[Example]:
+def held_out_rephrased(style: str = "equation", n: int = NUM_HELD_OUT, *, max_value: int = MAX_VALUE) -> list[Example]:
     """The held-out problems asked the way people ask (every rewrite on; `kava eval`'s own row)."""
-    return [paraphrase(e, random.Random(f"kava-rephrased:{i}"), 1.0) for i, e in enumerate(held_out(style, n))]
+    problems = held_out(style, n, max_value=max_value)
+    return [paraphrase(e, random.Random(f"kava-rephrased:{i}"), 1.0) for i, e in enumerate(problems)]
 
 
 def training_problems(
-    style: str, n: int, seed: int = TRAIN_SEED, *, min_steps: int = 2, rephrase: float = 0.0
+    style: str,
+    n: int,
+    seed: int = TRAIN_SEED,
+    *,
+    min_steps: int = 2,
+    max_value: int = MAX_VALUE,
+    rephrase: float = 0.0,
 ) -> list[Example]:
-    """`n` generated problems of `min_steps`..4 steps; a `rephrase` share of them asked the way
-    people ask (`training.data.paraphrase`), each rewrite with chance 1/2."""
-    exclude = {e.question for e in held_out("equation")}
-    out = TrainStream(seed, exclude, style=style, min_steps=min_steps).take(n)
+    """`n` generated problems of `min_steps`..4 steps, numbers up to `max_value`; a `rephrase`
+    share of them asked the way people ask (`training.data.paraphrase`), each rewrite with
+    chance 1/2."""
+    exclude = {e.question for e in held_out("equation", max_value=max_value)}
+    out = TrainStream(seed, exclude, style=style, min_steps=min_steps, max_value=max_value).take(n)
     if rephrase:
         for i, e in enumerate(out):
             rng = random.Random(f"kava-rephrase:{seed}:{i}")
@@ -55,18 +64,20 @@ def resolve_examples(
     split: str,
     seed: int = TRAIN_SEED,
     min_steps: int = 2,
+    max_value: int = MAX_VALUE,
     rephrase: float = 0.0,
 ) -> list[Example]:
     """A config's data source as examples. `builtin` is the generated task (the held-out
     split for evaluation, the excluded-stream for training); anything else goes through
     `load_examples` (files, `hub:`, `builtin:N:seed`). `n` caps the count (None = all).
-    `min_steps` and `rephrase` shape the generated training stream only."""
+    `max_value` picks the generated task (its held-out split and training stream); `min_steps`
+    and `rephrase` shape the training stream only."""
     from training.data.gsm8k import load_examples
 
     if source == "builtin":
         count = n if n is not None else NUM_HELD_OUT
         if split == "eval":
-            return held_out(style, count)
-        return training_problems(style, count, seed, min_steps=min_steps, rephrase=rephrase)
+            return held_out(style, count, max_value=max_value)
+        return training_problems(style, count, seed, min_steps=min_steps, max_value=max_value, rephrase=rephrase)
     examples = list(load_examples(source, style=style))
     return examples[:n] if n is not None else examples

@@ -1,5 +1,5 @@
-"""The training stream asked the way people ask: rewrites that keep every number, step and
-answer, and the data settings that turn them on."""
+"""The built-in task's settings: the training stream asked the way people ask (rewrites that
+keep every number, step and answer), one-step problems, and a smaller largest number."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kava.prompts import Example
 from training.config import build_config
 from training.data import generate
 from training.data.paraphrase import paraphrase
-from training.data.task import held_out, training_problems
+from training.data.task import held_out, resolve_examples, training_problems
 
 NUMBER = re.compile(r"\d+")
 
@@ -68,12 +68,23 @@ def test_training_stream_settings() -> None:
     assert not {e.question for e in held_out()} & {e.question for e in short}
 
 
+def test_max_value_is_its_own_task_with_its_own_held_out_split() -> None:
+    small = resolve_examples("builtin", style="equation", n=300, split="eval", max_value=20)
+    assert small == held_out("equation", 300, max_value=20) and small != held_out("equation", 300)
+    values = [int(v) for e in small for s in e.steps for v in re.findall(r"\d+", s)]
+    assert max(values) <= 20 and max(int(e.answer) for e in small) > 10
+    train = resolve_examples("builtin", style="equation", n=3000, split="train", max_value=20)
+    assert max(int(v) for e in train for s in e.steps for v in re.findall(r"\d+", s)) <= 20
+    assert not {e.question for e in held_out("equation", max_value=20)} & {e.question for e in train}
+
+
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
         ("min_steps", 0, "data.min_steps=0"),
         ("min_steps", 5, "data.min_steps=5"),
         ("rephrase", 1.5, "data.rephrase=1.5"),
+        ("max_value", 11, "data.max_value=11"),
     ],
 )
 def test_bad_data_settings_name_the_field(field: str, value: object, needle: str) -> None:
