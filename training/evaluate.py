@@ -116,7 +116,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-model", default=None, help="override the base model recorded in the adapter")
     p.add_argument("--data", default="builtin", help="builtin (held-out split) | file path | hub:owner/name")
     p.add_argument("--style", default="equation", choices=["equation", "nl"])
-    p.add_argument("--max-value", type=int, default=100, help="with --data builtin: the task's largest number")
+    p.add_argument(
+        "--max-value",
+        type=int,
+        default=None,
+        help="with --data builtin: the task's largest number (default: the one the adapter was trained on, else 100)",
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems")
     p.add_argument("--modes", default="latent,cot", help="comma list of latent,cot")
     p.add_argument("--batch-size", type=int, default=32)
@@ -141,6 +146,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def trained_max_value(adapter: str | Path) -> int:
+    """The built-in task an adapter was trained on (its recorded `data.max_value`), else 100."""
+    from kava.adapters import AdapterError, read_manifest
+    from training.data.task import MAX_VALUE
+
+    try:
+        data = read_manifest(adapter).extra.get("train_config", {}).get("data", {})
+    except AdapterError:
+        return MAX_VALUE  # load_adapter reports the problem
+    value = data.get("max_value", MAX_VALUE) if data.get("train", "builtin") == "builtin" else MAX_VALUE
+    return value if isinstance(value, int) else MAX_VALUE
+
+
 def run(args: argparse.Namespace) -> int:
     from kava.adapters import load_adapter
     from training.data.task import held_out_rephrased, resolve_examples
@@ -149,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in modes if m not in DEFAULT_MAX_NEW]
     if bad:
         raise SystemExit(f"--modes: unknown mode(s) {bad}; choose from latent,cot")
+    if args.max_value is None:
+        args.max_value = trained_max_value(args.adapter)
     examples = resolve_examples(args.data, style=args.style, n=args.limit, split="eval", max_value=args.max_value)
     model = load_adapter(args.adapter, base_model=args.base_model, device=args.device, dtype=args.dtype)
 

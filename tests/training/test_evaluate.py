@@ -133,3 +133,16 @@ def test_the_shipped_handwritten_set_is_well_formed():
             assert eval(lhs, {"__builtins__": {}}) == int(rhs), (r["question"], step)  # our own file
             value = int(rhs)
         assert str(value) == r["answer"], r
+
+
+def test_kava_eval_defaults_to_the_task_the_adapter_was_trained_on(tiny_bases, tmp_path, capsys):
+    model = make_model(tiny_bases["llama"])
+    save_adapter(model, tmp_path / "small", extra={"train_config": {"data": {"train": "builtin", "max_value": 20}}})
+    save_adapter(model, tmp_path / "plain")
+    args = ["eval", "--json", "--limit", "2", "--max-new-tokens", "2", "--handwritten", "", "--no-rephrased"]
+    assert kava_main([*args, "--adapter", str(tmp_path / "small")]) == 0
+    assert json.loads(capsys.readouterr().out)["max_value"] == 20
+    assert kava_main([*args, "--adapter", str(tmp_path / "plain")]) == 0
+    assert json.loads(capsys.readouterr().out)["max_value"] == 100
+    assert kava_main([*args, "--adapter", str(tmp_path / "small"), "--max-value", "30"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_value"] == 30
