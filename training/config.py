@@ -36,6 +36,7 @@ class DataSettings:
     max_value: int = 100  # builtin: the task's largest number (training stream and held-out split)
     min_steps: int = 2  # builtin training stream: problems of min_steps..4 steps (1 adds one-step questions)
     rephrase: float = 0.0  # builtin training stream: share of questions asked the way people ask
+    small_numbers: float = 0.0  # builtin training stream: share of problems with numbers up to 20
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,10 @@ def _data_problems(data: DataSettings, problems: list[str]) -> None:
         problems.append(f"data.max_value={data.max_value!r}: must be an integer >= 12 (the templates need it)")
     if data.min_steps not in (1, 2, 3, 4):
         problems.append(f"data.min_steps={data.min_steps!r}: must be 1, 2, 3 or 4 (the generator writes up to 4 steps)")
-    r = data.rephrase
-    if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 <= r <= 1.0):
-        problems.append(f"data.rephrase={r!r}: must be a share in [0, 1]")
+    for name in ("rephrase", "small_numbers"):
+        r = getattr(data, name)
+        if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 <= r <= 1.0):
+            problems.append(f"data.{name}={r!r}: must be a share in [0, 1]")
 
 
 def build_config(raw: dict[str, Any]) -> TrainConfig:

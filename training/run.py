@@ -85,6 +85,7 @@ def train(
         min_steps=d.min_steps,
         max_value=d.max_value,
         rephrase=d.rephrase,
+        small_numbers=d.small_numbers,
     )
     eval_ex = resolve_examples(d.eval, style=d.style, n=d.num_eval, split="eval", max_value=d.max_value)
     log.info("data: %d training, %d evaluation problems", len(train_ex), len(eval_ex))

@@ -78,6 +78,19 @@ def test_max_value_is_its_own_task_with_its_own_held_out_split() -> None:
     assert not {e.question for e in held_out("equation", max_value=20)} & {e.question for e in train}
 
 
+def test_a_share_of_small_number_problems() -> None:
+    plain = training_problems("equation", 400, seed=4)
+    mixed = training_problems("equation", 400, seed=4, small_numbers=0.25)
+    assert mixed == training_problems("equation", 400, seed=4, small_numbers=0.25)
+
+    def top(e: Example) -> int:
+        return max(int(v) for s in e.steps for v in re.findall(r"\d+", s))
+
+    assert 60 <= sum(top(e) <= 20 for e in mixed) - sum(top(e) <= 20 for e in plain) <= 140
+    held = {e.question for e in held_out()} | {e.question for e in held_out(max_value=20)}
+    assert not held & {e.question for e in training_problems("equation", 4000, seed=4, small_numbers=0.5)}
+
+
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
@@ -85,6 +98,7 @@ def test_max_value_is_its_own_task_with_its_own_held_out_split() -> None:
         ("min_steps", 5, "data.min_steps=5"),
         ("rephrase", 1.5, "data.rephrase=1.5"),
         ("max_value", 11, "data.max_value=11"),
+        ("small_numbers", -0.1, "data.small_numbers=-0.1"),
     ],
 )
 def test_bad_data_settings_name_the_field(field: str, value: object, needle: str) -> None:

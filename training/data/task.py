@@ -16,6 +16,7 @@ from training.data.paraphrase import paraphrase
 TRAIN_SEED = 1
 NUM_HELD_OUT = 500
 MAX_VALUE = 100  # the task's largest number; a smaller one is another task with its own held-out split
+SMALL_VALUE = 20  # `small_numbers` problems: sums like 3+4 that the full range rarely draws
 
 
 def held_out(style: str = "equation", n: int = NUM_HELD_OUT, *, max_value: int = MAX_VALUE) -> list[Example]:
@@ -36,12 +37,20 @@ def training_problems(
     min_steps: int = 2,
     max_value: int = MAX_VALUE,
     rephrase: float = 0.0,
+    small_numbers: float = 0.0,
 ) -> list[Example]:
-    """`n` generated problems of `min_steps`..4 steps, numbers up to `max_value`; a `rephrase`
-    share of them asked the way people ask (`training.data.paraphrase`), each rewrite with
-    chance 1/2."""
+    """`n` generated problems of `min_steps`..4 steps, numbers up to `max_value` (a
+    `small_numbers` share up to `SMALL_VALUE`); a `rephrase` share of them asked the way people
+    ask (`training.data.paraphrase`), each rewrite with chance 1/2. Never a held-out question."""
     exclude = {e.question for e in held_out("equation", max_value=max_value)}
-    out = TrainStream(seed, exclude, style=style, min_steps=min_steps, max_value=max_value).take(n)
+    main = TrainStream(seed, exclude, style=style, min_steps=min_steps, max_value=max_value)
+    if small_numbers:
+        exclude |= {e.question for e in held_out("equation", max_value=SMALL_VALUE)}
+        small = TrainStream(seed, exclude, style=style, min_steps=min_steps, max_value=SMALL_VALUE)
+        picks = [random.Random(f"kava-small:{seed}:{i}").random() < small_numbers for i in range(n)]
+        out = [next(small) if pick else next(main) for pick in picks]
+    else:
+        out = main.take(n)
     if rephrase:
         for i, e in enumerate(out):
             rng = random.Random(f"kava-rephrase:{seed}:{i}")
@@ -66,18 +75,27 @@ def resolve_examples(
     min_steps: int = 2,
     max_value: int = MAX_VALUE,
     rephrase: float = 0.0,
+    small_numbers: float = 0.0,
 ) -> list[Example]:
     """A config's data source as examples. `builtin` is the generated task (the held-out
     split for evaluation, the excluded-stream for training); anything else goes through
     `load_examples` (files, `hub:`, `builtin:N:seed`). `n` caps the count (None = all).
-    `max_value` picks the generated task (its held-out split and training stream); `min_steps`
-    and `rephrase` shape the training stream only."""
+    `max_value` picks the generated task (its held-out split and training stream); `min_steps`,
+    `rephrase` and `small_numbers` shape the training stream only."""
     from training.data.gsm8k import load_examples
 
     if source == "builtin":
         count = n if n is not None else NUM_HELD_OUT
         if split == "eval":
             return held_out(style, count, max_value=max_value)
-        return training_problems(style, count, seed, min_steps=min_steps, max_value=max_value, rephrase=rephrase)
+        return training_problems(
+            style,
+            count,
+            seed,
+            min_steps=min_steps,
+            max_value=max_value,
+            rephrase=rephrase,
+            small_numbers=small_numbers,
+        )
     examples = list(load_examples(source, style=style))
     return examples[:n] if n is not None else examples
