@@ -161,7 +161,7 @@ def trained_max_value(adapter: str | Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from kava.adapters import load_adapter
-    from training.data.task import held_out_rephrased, resolve_examples
+    from training.data.task import Shape, held_out_rephrased, resolve_examples
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in DEFAULT_MAX_NEW]
@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--modes: unknown mode(s) {bad}; choose from latent,cot")
     if args.max_value is None:
         args.max_value = trained_max_value(args.adapter)
-    examples = resolve_examples(args.data, style=args.style, n=args.limit, split="eval", max_value=args.max_value)
+    shape = Shape(max_value=args.max_value)
+    examples = resolve_examples(args.data, style=args.style, n=args.limit, split="eval", shape=shape)
     model = load_adapter(args.adapter, base_model=args.base_model, device=args.device, dtype=args.dtype)
 
     def run_modes(exs: Sequence[Example]) -> dict[str, dict[str, Any]]:

@@ -29,7 +29,7 @@ from kava.prompts import encode_training_batch
 from training.config import TrainConfig
 from training.curriculum import Curriculum, stage_accuracy
 from training.data.sampler import EpochSampler
-from training.data.task import resolve_examples
+from training.data.task import Shape, resolve_examples
 from training.evaluate import evaluate
 from training.resume import plan_resume
 from training.trainer import Trainer, make_accelerator
@@ -76,18 +76,9 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     d = cfg.data
-    train_ex = resolve_examples(
-        d.train,
-        style=d.style,
-        n=d.num_train,
-        split="train",
-        seed=d.seed,
-        min_steps=d.min_steps,
-        max_value=d.max_value,
-        rephrase=d.rephrase,
-        small_numbers=d.small_numbers,
-    )
-    eval_ex = resolve_examples(d.eval, style=d.style, n=d.num_eval, split="eval", max_value=d.max_value)
+    shape = Shape(d.min_steps, d.max_value, d.rephrase, d.small_numbers)
+    train_ex = resolve_examples(d.train, style=d.style, n=d.num_train, split="train", seed=d.seed, shape=shape)
+    eval_ex = resolve_examples(d.eval, style=d.style, n=d.num_eval, split="eval", shape=shape)
     log.info("data: %d training, %d evaluation problems", len(train_ex), len(eval_ex))
 
     torch.manual_seed(cfg.optim.seed)

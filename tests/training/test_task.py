@@ -13,7 +13,7 @@ from kava.prompts import Example
 from training.config import build_config
 from training.data import generate
 from training.data.paraphrase import paraphrase
-from training.data.task import held_out, resolve_examples, training_problems
+from training.data.task import Shape, held_out, resolve_examples, training_problems
 
 NUMBER = re.compile(r"\d+")
 
@@ -58,37 +58,37 @@ def test_left_follows_a_taking_away_and_in_total_a_getting() -> None:
 
 def test_training_stream_settings() -> None:
     plain = training_problems("equation", 300, seed=4)
-    assert training_problems("equation", 300, seed=4, rephrase=0.0) == plain
-    mixed = training_problems("equation", 300, seed=4, rephrase=0.5)
-    assert mixed == training_problems("equation", 300, seed=4, rephrase=0.5)  # deterministic
+    assert training_problems("equation", 300, 4, Shape(rephrase=0.0)) == plain
+    mixed = training_problems("equation", 300, 4, Shape(rephrase=0.5))
+    assert mixed == training_problems("equation", 300, 4, Shape(rephrase=0.5))  # deterministic
     assert [(e.steps, e.answer) for e in mixed] == [(e.steps, e.answer) for e in plain]
     assert 90 <= sum(a.question != b.question for a, b in zip(mixed, plain)) <= 210
-    short = training_problems("equation", 400, seed=4, min_steps=1)
+    short = training_problems("equation", 400, 4, Shape(min_steps=1))
     assert min(len(e.steps) for e in short) == 1 and min(len(e.steps) for e in plain) == 2
     assert not {e.question for e in held_out()} & {e.question for e in short}
 
 
 def test_max_value_is_its_own_task_with_its_own_held_out_split() -> None:
-    small = resolve_examples("builtin", style="equation", n=300, split="eval", max_value=20)
+    small = resolve_examples("builtin", style="equation", n=300, split="eval", shape=Shape(max_value=20))
     assert small == held_out("equation", 300, max_value=20) and small != held_out("equation", 300)
     values = [int(v) for e in small for s in e.steps for v in re.findall(r"\d+", s)]
     assert max(values) <= 20 and max(int(e.answer) for e in small) > 10
-    train = resolve_examples("builtin", style="equation", n=3000, split="train", max_value=20)
+    train = resolve_examples("builtin", style="equation", n=3000, split="train", shape=Shape(max_value=20))
     assert max(int(v) for e in train for s in e.steps for v in re.findall(r"\d+", s)) <= 20
     assert not {e.question for e in held_out("equation", max_value=20)} & {e.question for e in train}
 
 
 def test_a_share_of_small_number_problems() -> None:
     plain = training_problems("equation", 400, seed=4)
-    mixed = training_problems("equation", 400, seed=4, small_numbers=0.25)
-    assert mixed == training_problems("equation", 400, seed=4, small_numbers=0.25)
+    mixed = training_problems("equation", 400, 4, Shape(small_numbers=0.25))
+    assert mixed == training_problems("equation", 400, 4, Shape(small_numbers=0.25))
 
     def top(e: Example) -> int:
         return max(int(v) for s in e.steps for v in re.findall(r"\d+", s))
 
     assert 60 <= sum(top(e) <= 20 for e in mixed) - sum(top(e) <= 20 for e in plain) <= 140
     held = {e.question for e in held_out()} | {e.question for e in held_out(max_value=20)}
-    assert not held & {e.question for e in training_problems("equation", 4000, seed=4, small_numbers=0.5)}
+    assert not held & {e.question for e in training_problems("equation", 4000, 4, Shape(small_numbers=0.5))}
 
 
 @pytest.mark.parametrize(

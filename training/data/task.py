@@ -8,6 +8,7 @@ Questions and answers do not depend on the trace style, only the steps do.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from kava.prompts import Example
 from training.data.generator import TrainStream, held_out_split
@@ -29,32 +30,35 @@ def held_out_rephrased(style: str = "equation", n: int = NUM_HELD_OUT, *, max_va
     return [paraphrase(e, random.Random(f"kava-rephrased:{i}"), 1.0) for i, e in enumerate(problems)]
 
 
-def training_problems(
-    style: str,
-    n: int,
-    seed: int = TRAIN_SEED,
-    *,
-    min_steps: int = 2,
-    max_value: int = MAX_VALUE,
-    rephrase: float = 0.0,
-    small_numbers: float = 0.0,
-) -> list[Example]:
-    """`n` generated problems of `min_steps`..4 steps, numbers up to `max_value` (a
-    `small_numbers` share up to `SMALL_VALUE`); a `rephrase` share of them asked the way people
-    ask (`training.data.paraphrase`), each rewrite with chance 1/2. Never a held-out question."""
-    exclude = {e.question for e in held_out("equation", max_value=max_value)}
-    main = TrainStream(seed, exclude, style=style, min_steps=min_steps, max_value=max_value)
-    if small_numbers:
+@dataclass(frozen=True)
+class Shape:
+    """The generated task's knobs: `max_value` picks the task (its held-out split and training
+    stream); the rest shape the training stream only — problems of `min_steps`..4 steps, a
+    `small_numbers` share with numbers up to `SMALL_VALUE`, a `rephrase` share asked the way
+    people ask (`training.data.paraphrase`, each rewrite with chance 1/2)."""
+
+    min_steps: int = 2
+    max_value: int = MAX_VALUE
+    rephrase: float = 0.0
+    small_numbers: float = 0.0
+
+
+def training_problems(style: str, n: int, seed: int = TRAIN_SEED, shape: Shape = Shape()) -> list[Example]:
+    """`n` generated training problems of this shape; never a held-out question."""
+    exclude = {e.question for e in held_out("equation", max_value=shape.max_value)}
+    kw = dict(style=style, min_steps=shape.min_steps)
+    main = TrainStream(seed, exclude, max_value=shape.max_value, **kw)
+    if shape.small_numbers:
         exclude |= {e.question for e in held_out("equation", max_value=SMALL_VALUE)}
-        small = TrainStream(seed, exclude, style=style, min_steps=min_steps, max_value=SMALL_VALUE)
-        picks = [random.Random(f"kava-small:{seed}:{i}").random() < small_numbers for i in range(n)]
+        small = TrainStream(seed, exclude, max_value=SMALL_VALUE, **kw)
+        picks = [random.Random(f"kava-small:{seed}:{i}").random() < shape.small_numbers for i in range(n)]
         out = [next(small) if pick else next(main) for pick in picks]
     else:
         out = main.take(n)
-    if rephrase:
+    if shape.rephrase:
         for i, e in enumerate(out):
             rng = random.Random(f"kava-rephrase:{seed}:{i}")
-            if rng.random() < rephrase:
+            if rng.random() < shape.rephrase:
                 out[i] = paraphrase(e, rng)
     return out
 
@@ -66,36 +70,17 @@ def mixed_styles(n: int, seed: int = TRAIN_SEED) -> list[Example]:
 
 
 def resolve_examples(
-    source: str,
-    *,
-    style: str,
-    n: int | None,
-    split: str,
-    seed: int = TRAIN_SEED,
-    min_steps: int = 2,
-    max_value: int = MAX_VALUE,
-    rephrase: float = 0.0,
-    small_numbers: float = 0.0,
+    source: str, *, style: str, n: int | None, split: str, seed: int = TRAIN_SEED, shape: Shape = Shape()
 ) -> list[Example]:
-    """A config's data source as examples. `builtin` is the generated task (the held-out
-    split for evaluation, the excluded-stream for training); anything else goes through
-    `load_examples` (files, `hub:`, `builtin:N:seed`). `n` caps the count (None = all).
-    `max_value` picks the generated task (its held-out split and training stream); `min_steps`,
-    `rephrase` and `small_numbers` shape the training stream only."""
+    """A config's data source as examples. `builtin` is the generated task of this `shape`
+    (the held-out split for evaluation, the excluded-stream for training); anything else goes
+    through `load_examples` (files, `hub:`, `builtin:N:seed`). `n` caps the count (None = all)."""
     from training.data.gsm8k import load_examples
 
     if source == "builtin":
         count = n if n is not None else NUM_HELD_OUT
         if split == "eval":
-            return held_out(style, count, max_value=max_value)
-        return training_problems(
-            style,
-            count,
-            seed,
-            min_steps=min_steps,
-            max_value=max_value,
-            rephrase=rephrase,
-            small_numbers=small_numbers,
-        )
+            return held_out(style, count, max_value=shape.max_value)
+        return training_problems(style, count, seed, shape)
     examples = list(load_examples(source, style=style))
     return examples[:n] if n is not None else examples
