@@ -51,6 +51,13 @@ def render_model_card(manifest: Any, evaluation: dict[str, Any] | None = None) -
         lines.append(f"| LoRA r / alpha / dropout | {lora.r} / {lora.alpha} / {lora.dropout} |")
     if data:
         lines.append(f"| training data | {data.get('train')} ({data.get('style')} traces) |")
+    if data.get("train") == "builtin" and data.get("max_value") is not None:
+        lines.append(
+            f"| generated task | numbers up to {data['max_value']}, {data.get('min_steps', 2)}–4 steps; "
+            f"reworded share {data.get('rephrase', 0.0)}, small-number share {data.get('small_numbers', 0.0)} |"
+        )
+    if tc.get("init_adapter"):
+        lines.append(f"| starts from | the adapter `{tc['init_adapter']}`, fine-tuned further |")
     if optim:
         lines.append(
             f"| budget | {optim.get('max_steps')} steps × batch {optim.get('batch_size')}, lr {optim.get('lr')} |"

@@ -236,3 +236,21 @@ def test_adapters_travel_with_their_base_id_and_a_filled_model_card(tiny_bases, 
     assert card.startswith("---\nbase_model: ")
     for needle in ("latents M / iterations T | 3 / 2", "| latent |", "training data", "## Made with"):
         assert needle in card, needle
+    assert "starts from" not in card
+
+
+def test_a_fine_tune_starts_from_the_adapter_and_says_so(tiny_bases, tmp_path):
+    first = build_config(toy_config(tmp_path, tiny_bases["llama"]))
+    train(first, progress=False)
+    raw = toy_config(tmp_path, tiny_bases["llama"]) | {"output_dir": str(tmp_path / "ft")}
+    raw["init_adapter"] = str(tmp_path / "run" / "adapter")
+    train(build_config(raw), progress=False)
+
+    def totals(run: str) -> list[float]:
+        log = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        return [r["total"] for r in log if "total" in r]
+
+    fresh, tuned = totals("run"), totals("ft")
+    assert tuned[0] < 0.5 * (fresh[0] + fresh[-1]), (fresh, tuned)  # it starts where the first run ended
+    card = (tmp_path / "ft" / "adapter" / "README.md").read_text()
+    assert f"starts from | the adapter `{tmp_path / 'run' / 'adapter'}`" in card
