@@ -146,32 +146,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def trained_max_value(adapter: str | Path) -> int:
+def trained_max_value(manifest) -> int:
     """The built-in task an adapter was trained on (its recorded `data.max_value`), else 100."""
-    from kava.adapters import AdapterError, read_manifest
     from training.data.task import MAX_VALUE
 
-    try:
-        data = read_manifest(adapter).extra.get("train_config", {}).get("data", {})
-    except AdapterError:
-        return MAX_VALUE  # load_adapter reports the problem
+    data = manifest.extra.get("train_config", {}).get("data", {})
     value = data.get("max_value", MAX_VALUE) if data.get("train", "builtin") == "builtin" else MAX_VALUE
     return value if isinstance(value, int) else MAX_VALUE
 
 
 def run(args: argparse.Namespace) -> int:
-    from kava.adapters import load_adapter
+    from kava.adapters import load_adapter, read_manifest
     from training.data.task import Shape, held_out_rephrased, resolve_examples
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in DEFAULT_MAX_NEW]
     if bad:
         raise SystemExit(f"--modes: unknown mode(s) {bad}; choose from latent,cot")
+    manifest = read_manifest(args.adapter)  # read once: the task it was trained on, then the weights
     if args.max_value is None:
-        args.max_value = trained_max_value(args.adapter)
+        args.max_value = trained_max_value(manifest)
     shape = Shape(max_value=args.max_value)
     examples = resolve_examples(args.data, style=args.style, n=args.limit, split="eval", shape=shape)
-    model = load_adapter(args.adapter, base_model=args.base_model, device=args.device, dtype=args.dtype)
+    model = load_adapter(manifest, base_model=args.base_model, device=args.device, dtype=args.dtype)
 
     def run_modes(exs: Sequence[Example]) -> dict[str, dict[str, Any]]:
         return {
