@@ -8,7 +8,6 @@ files.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +50,6 @@ __all__ = [
     "save_adapter",
     "write_model_card",
 ]
-
-log = logging.getLogger(__name__)
 
 
 # Writing ------------------------------------------------------------------------------------
