@@ -9,6 +9,7 @@ KaVa adapter training (`training.run`).
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,6 +55,18 @@ class BackboneShape:
     max_positions: int = 512
 
 
+def internalized(example: Example, position: int, share: float, seed: int) -> Example:
+    """iCoT-style stepwise internalization for the backbone: with probability `share` the
+    sequence at this stream `position` drops its first k steps (k in 1..n-1, at least one
+    step stays written), so the model learns to carry results it never wrote. A pure
+    function of (position, seed): a resumed run reads what an uninterrupted one would."""
+    n = len(example.steps)
+    rng = random.Random(seed * 1_000_003 + position)
+    if n < 2 or rng.random() >= share:
+        return example
+    return Example(example.question, example.steps[rng.randint(1, n - 1) :], example.answer)
+
+
 def corpus_texts(examples: list[Example]) -> list[str]:
     return [" ".join((e.question, *e.steps, "The answer is:", e.answer)) for e in examples]
 
@@ -69,13 +82,17 @@ def pretrain_backbone(
     stop_after: int | None = None,
     resume: str = "never",
     override_resume: bool = False,
+    internalize: float = 0.0,
 ) -> Path | None:
     """Tokenizer + from-scratch Llama trained on teacher sequences with full traces.
     Resumable: with `resume="auto"`, re-running with the same `work_dir` continues from its
-    checkpoint (`training.resume` rules). Returns `out_dir` once training has finished,
+    checkpoint (`training.resume` rules). `internalize` is the share of sequences whose
+    first steps are left implicit (`internalized`). Returns `out_dir` once training has finished,
     None when stopped early by `stop_after`."""
     work = Path(work_dir or out_dir.with_name(out_dir.name + ".work"))
     run_config = {"optim": asdict(settings), "shape": asdict(shape), "vocab_size": vocab_size}
+    if internalize:
+        run_config["internalize"] = internalize
     plan = plan_resume(work, run_config, resume, override=override_resume)
     work.mkdir(parents=True, exist_ok=True)
     tok_dir = work / "tokenizer"
@@ -104,7 +121,8 @@ def pretrain_backbone(
 
     def batch_fn(start: int, count: int):
         idx = sampler.indices(start, count)
-        return encode_teacher(tok, [examples[i] for i in idx], method, tok.eos_token_id, tok.pad_token_id)
+        batch = [internalized(examples[i], start + j, internalize, settings.seed) for j, i in enumerate(idx)]
+        return encode_teacher(tok, batch, method, tok.eos_token_id, tok.pad_token_id)
 
     def loss_fn(batch) -> dict:
         out = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=positions(batch.mask))
