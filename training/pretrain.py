@@ -83,38 +83,28 @@ def pretrain_backbone(
     resume: str = "never",
     override_resume: bool = False,
     internalize: float = 0.0,
+    init: Path | None = None,
 ) -> Path | None:
     """Tokenizer + from-scratch Llama trained on teacher sequences with full traces.
     Resumable: with `resume="auto"`, re-running with the same `work_dir` continues from its
     checkpoint (`training.resume` rules). `internalize` is the share of sequences whose
-    first steps are left implicit (`internalized`). Returns `out_dir` once training has finished,
-    None when stopped early by `stop_after`."""
+    first steps are left implicit (`internalized`); `init` continues a saved backbone
+    instead of a fresh one (`shape` and `vocab_size` are then its own). Returns `out_dir`
+    once training has finished, None when stopped early by `stop_after`."""
     work = Path(work_dir or out_dir.with_name(out_dir.name + ".work"))
     run_config = {"optim": asdict(settings), "shape": asdict(shape), "vocab_size": vocab_size}
     if internalize:
         run_config["internalize"] = internalize
+    if init is not None:
+        run_config["init"] = str(init)
     plan = plan_resume(work, run_config, resume, override=override_resume)
     work.mkdir(parents=True, exist_ok=True)
-    tok_dir = work / "tokenizer"
-    if (tok_dir / "tokenizer.json").is_file():
-        tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-    else:
-        tok = train_tokenizer(corpus_texts(examples), tok_dir, vocab_size)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_kv_heads,
-        max_position_embeddings=shape.max_positions,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
     torch.manual_seed(settings.seed)
-    model = LlamaForCausalLM(cfg)
+    if init is not None:  # continue training a saved backbone (its tokenizer and shape)
+        tok = PreTrainedTokenizerFast.from_pretrained(str(init))
+        model = LlamaForCausalLM.from_pretrained(str(init))
+    else:
+        tok, model = _fresh(examples, work / "tokenizer", shape, vocab_size)
     log.info("backbone: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     method = MethodConfig(objective="cot", drop_last_step=False)
     sampler = EpochSampler(len(examples), settings.seed)
@@ -137,3 +127,26 @@ def pretrain_backbone(
     trainer = Trainer(model, loss_fn, batch_fn, settings, work, save_fn=save_fn, run_config=run_config)
     trainer.fit(stop_after=stop_after, resume_from=plan.checkpoint if plan else None)
     return out_dir if trainer.step >= settings.max_steps else None
+
+
+def _fresh(examples: list[Example], tok_dir: Path, shape: BackboneShape, vocab_size: int):
+    """A tokenizer trained on the corpus (kept in `tok_dir` across resumes) and a randomly
+    initialised Llama of `shape` (seeded by the caller)."""
+    if (tok_dir / "tokenizer.json").is_file():
+        tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    else:
+        tok = train_tokenizer(corpus_texts(examples), tok_dir, vocab_size)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return tok, LlamaForCausalLM(cfg)
