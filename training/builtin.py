@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from kava.builtin import BUILTIN_ADAPTER, BUILTIN_BASE, BUILTIN_DIR, BUILTIN_ID
@@ -39,8 +40,11 @@ def build_base(
     shape: BackboneShape = BASE_SHAPE,
     settings: OptimSettings = BASE_SETTINGS,
     num_train: int = NUM_TRAIN,
+    internalize: float = 0.0,
+    init: Path | None = None,
 ) -> bool:
-    """Stage 1 into `dest`; True once it is there (False: stopped early, resume later)."""
+    """Stage 1 into `dest`; True once it is there (False: stopped early, resume later).
+    `internalize` and `init` are `pretrain_backbone`'s (off for the shipped base)."""
     if (dest / "config.json").is_file():
         log.info("base already built at %s", dest)
         return True
@@ -53,6 +57,8 @@ def build_base(
         work_dir=work / "base.work",
         stop_after=stop_after,
         resume="auto",  # the builder's contract: re-running continues each stage
+        internalize=internalize,
+        init=init,
     )
     if done is None:
         return False
@@ -96,8 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("runs/builtin"), help="checkpoints and logs (resumable)")
     ap.add_argument("--stage", choices=["base", "adapter", "all"], default="all")
     ap.add_argument("--stop-after", type=int, default=None, help="stop each stage after N steps (resume later)")
+    variant = ap.add_argument_group("backbone variants (--stage base only; the shipped base uses none)")
+    variant.add_argument("--dest", type=Path, default=None, help="write the base here, not into kava/builtin/")
+    variant.add_argument("--internalize", type=float, default=0.0, help="share of sequences with implicit first steps")
+    variant.add_argument("--init", type=Path, default=None, help="continue this saved backbone")
+    variant.add_argument("--layers", type=int, default=None, help="number of layers of a fresh backbone")
+    variant.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shipped base's)")
+    variant.add_argument("--lr", type=float, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    is_variant = args.dest or args.internalize or args.init or args.layers or args.steps or args.lr
+    if is_variant and args.stage != "base" or args.stage == "base" and is_variant and not args.dest:
+        ap.error("backbone variants need --stage base and --dest DIR (kava/builtin/ keeps the shipped base)")
+    if is_variant:
+        settings = replace(
+            BASE_SETTINGS, max_steps=args.steps or BASE_SETTINGS.max_steps, lr=args.lr or BASE_SETTINGS.lr
+        )
+        shape = replace(BASE_SHAPE, num_layers=args.layers or BASE_SHAPE.num_layers)
+        kwargs = dict(dest=args.dest, shape=shape, settings=settings, internalize=args.internalize, init=args.init)
+        build_base(args.work, args.stop_after, **kwargs)
+        return 0
     if args.stage in ("base", "all") and not build_base(args.work, args.stop_after):
         return 0
     if args.stage in ("adapter", "all"):

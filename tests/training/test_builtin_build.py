@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from kava.adapters import load_adapter
 from kava.generate import solve_batch
-from training.builtin import build_base, finalize
+from training.builtin import build_base, finalize, main
 from training.builtin_adapter import build_adapter
 from training.pretrain import BackboneShape
 from training.trainer import OptimSettings
@@ -62,3 +64,10 @@ def test_a_stopped_stage_resumes(tmp_path: Path) -> None:
     assert build_base(work, dest=dest, shape=TINY, settings=four, num_train=32)
     log = [json.loads(line) for line in (work / "base.work" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "step" in r][-1] == 4
+
+
+def test_backbone_variants_never_overwrite_the_shipped_base(capsys) -> None:
+    for argv in (["--internalize", "0.5"], ["--stage", "base", "--layers", "6"], ["--stage", "all", "--dest", "x"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "--dest" in capsys.readouterr().err
