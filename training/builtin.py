@@ -112,15 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     is_variant = args.dest or args.internalize or args.init or args.layers or args.steps or args.lr
-    if is_variant and args.stage != "base" or args.stage == "base" and is_variant and not args.dest:
+    if is_variant and (args.stage != "base" or not args.dest):
         ap.error("backbone variants need --stage base and --dest DIR (kava/builtin/ keeps the shipped base)")
     if is_variant:
-        settings = replace(
-            BASE_SETTINGS, max_steps=args.steps or BASE_SETTINGS.max_steps, lr=args.lr or BASE_SETTINGS.lr
-        )
+        steps, lr = args.steps or BASE_SETTINGS.max_steps, args.lr or BASE_SETTINGS.lr
         shape = replace(BASE_SHAPE, num_layers=args.layers or BASE_SHAPE.num_layers)
-        kwargs = dict(dest=args.dest, shape=shape, settings=settings, internalize=args.internalize, init=args.init)
-        build_base(args.work, args.stop_after, **kwargs)
+        settings = replace(BASE_SETTINGS, max_steps=steps, lr=lr)
+        build_base(
+            args.work,
+            args.stop_after,
+            dest=args.dest,
+            shape=shape,
+            settings=settings,
+            internalize=args.internalize,
+            init=args.init,
+        )
         return 0
     if args.stage in ("base", "all") and not build_base(args.work, args.stop_after):
         return 0
