@@ -3,7 +3,8 @@
   kava bench engine   [--adapter DIR] [--batch-sizes 1,8,32] [--questions held-out|gsm8k|FILE.jsonl] [-n 64]
   kava bench serving  [--url URL [--baseline-url URL]] [--requests N] [--rate R | --concurrency C]
                       [--mode latent|cot] [--cot-share 0.5]
-  kava bench all      both
+  kava bench passes  [--batch-sizes 1,32] [--compile]
+  kava bench all      engine and serving
 
 `engine` loads the adapter here (default: the built-in model) twice — once for kava, once
 merged for the HF `generate` anchor (`--no-anchor` skips it) — and runs
@@ -11,7 +12,8 @@ merged for the HF `generate` anchor (`--no-anchor` skips it) — and runs
 two `kava serve` processes over the adapter in turn — batched (`--max-batch-size`) and one
 request at a time (`--max-batch-size 1`) — and gives both the same load
 (`benchmarks.serving`); `--cot-share 0.5` makes it a mixed load (half latent, half CoT) and
-adds the latent-only control. Output: the JSON report, then markdown tables, on stdout;
+adds the latent-only control. `passes` times one fast-path forward pass of each shape the
+phases run (decode, Jacobi, prefill), eager and with `--compile` (`benchmarks.passes`). Output: the JSON report, then markdown tables, on stdout;
 `--out DIR` also writes bench.json and bench.md.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.engine import HFAnchor, bench_engine, engine_table
+from benchmarks.passes import bench_passes, passes_table
 from benchmarks.questions import SOURCES, load_questions
 from benchmarks.serving import Load, bench_serving, compare, run_load, serving_table, spawned_server
 from kava.adapters import AdapterError, load_adapter
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("what", nargs="?", choices=["engine", "serving", "all"], default="engine", help="which benchmark (engine)")
+    add("what", nargs="?", choices=["engine", "serving", "passes", "all"], default="engine", help="which benchmark (engine)")
     add("--adapter", type=Path, help="adapter directory (default: the built-in model)")
     add("--base-model", help="base model override for the adapter")
     add("--device", default="auto")
@@ -48,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-new-tokens-latent", type=int, default=32)
     add("--max-new-tokens-cot", type=int, default=256)
     add("--no-anchor", action="store_true", help="engine: skip the HF generate row")
+    add("--compile", action="store_true", help="passes: also time the pass under torch.compile")
     add("--url", help="serving: a running server (otherwise two are started here)")
     add("--baseline-url", help="serving: a server started with --max-batch-size 1")
     add("--api-key", default=os.environ.get("KAVA_API_KEY"), help="serving: key for the server(s) (KAVA_API_KEY)")
@@ -94,6 +98,15 @@ def _serving(args: argparse.Namespace, questions: list[str]) -> dict:
     return compare(load, batched, baseline, kind, control)
 
 
+def _load(args: argparse.Namespace):
+    """The adapter under test, or None after logging why it cannot be loaded."""
+    try:
+        return load_adapter(_adapter(args), base_model=args.base_model, device=args.device, dtype=args.dtype)
+    except AdapterError as exc:
+        log.error("%s", exc)
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the report
     try:
@@ -105,17 +118,20 @@ def run(args: argparse.Namespace) -> int:
     report: dict = {"questions_source": args.questions}
     tables = []
     if args.what in ("engine", "all"):
-        kw = dict(base_model=args.base_model, device=args.device, dtype=args.dtype)
-        try:
-            model = load_adapter(_adapter(args), **kw)
-            anchor = None if args.no_anchor else HFAnchor.merge(load_adapter(_adapter(args), **kw))
-        except AdapterError as exc:
-            log.error("%s", exc)
+        model, merged = _load(args), None if args.no_anchor else _load(args)
+        if model is None or (merged is None and not args.no_anchor):
             return 2
+        anchor = None if merged is None else HFAnchor.merge(merged)
         limits = {"latent": args.max_new_tokens_latent, "cot": args.max_new_tokens_cot}
         report["engine"] = bench_engine(model, questions, batch_sizes=sizes, max_new_tokens=limits, anchor=anchor)
         report["engine"].update(adapter=str(_adapter(args)), device=str(model.device), dtype=str(model.dtype))
         tables.append("## Engine: HF generate vs kava CoT vs kava latent\n\n" + engine_table(report["engine"]))
+    if args.what == "passes":
+        model = _load(args)
+        if model is None:
+            return 2
+        report["passes"] = bench_passes(model, batch_sizes=sizes, compile=args.compile)
+        tables.append("## One forward pass of each shape\n\n" + passes_table(report["passes"]))
     if args.what in ("serving", "all"):
         report["serving"] = _serving(args, [q.text for q in questions])
         tables.append("## Serving\n\n" + serving_table(report["serving"]))

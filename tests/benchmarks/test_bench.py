@@ -1,6 +1,6 @@
 """`kava bench` on the tiny model: the engine report (HF anchor, kava CoT, kava latent at every
 batch size, ratios), the anchor answering what kava CoT answers, the serving report with a
-mixed load against a live server, question sources, and the CLI's output files.
+mixed load against a live server, question sources, the per-pass timings, and the CLI's output files.
 Benchmarks report numbers; nothing here asserts a timing."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from server_harness import QUESTIONS, app_over, live_server
 
 from benchmarks import cli
 from benchmarks.engine import PATHS, HFAnchor, bench_engine, engine_table
+from benchmarks.passes import bench_passes, pass_shapes, passes_table
 from benchmarks.questions import Question, load_questions
 from benchmarks.serving import Load, bench_serving, percentiles, serving_table
 from kava.adapters import load_adapter
@@ -95,3 +96,28 @@ def test_kava_bench_engine_writes_json_and_markdown(bench_adapter, tmp_path, cap
     assert len(report["engine"]["cells"]) == 6 and report["engine"]["questions"] == 2
     assert "## Engine" in (tmp_path / "bench.md").read_text()
     assert "| kava-cot | 2 |" in capsys.readouterr().out
+
+
+def test_pass_bench_times_every_shape_at_each_batch_size(bench_model):
+    report = bench_passes(bench_model, batch_sizes=(1, 3), num_latents=4, prompt=5, reps=2)
+    rows = {(r["pass"], r["batch"]): r for r in report["rows"]}
+    assert set(rows) == {(name, b) for name in pass_shapes(4, 5) for b in (1, 3)}
+    assert rows[("Jacobi pass (4 slots)", 3)]["tokens"] == 12 and rows[("prefill (5 + 4 init slots)", 1)]["tokens"] == 9
+    assert all(r["eager_ms"] > 0 and "compiled_ms" not in r for r in rows.values())
+    assert passes_table(report).count("\n") == 2 + 6
+
+
+def test_kava_bench_passes_prints_the_report_and_table(bench_adapter, capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.run(parser.parse_args(["passes", "--adapter", str(bench_adapter), "--batch-sizes", "2"])) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.split("\n\n## ")[0])["passes"]["rows"][0]["batch"] == 2
+    assert "| decode (1 token) | 2 | 2 |" in out
+
+
+@pytest.mark.slow  # inductor compiles C++ for each pass shape (~25 s here)
+def test_pass_bench_times_the_compiled_pass_too(bench_model):
+    report = bench_passes(bench_model, batch_sizes=(2,), num_latents=3, prompt=4, reps=1, compile=True)
+    assert all(r["compiled_ms"] > 0 for r in report["rows"]) and report["compile_seconds"] > 0
+    assert "compiled ms" in passes_table(report)
