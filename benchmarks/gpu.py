@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine import HFAnchor, bench_engine, engine_table
+from benchmarks.passes import bench_passes, passes_table
 from benchmarks.questions import Question, load_questions
 from kava.adapters import load_adapter
 from kava.backbone import KavaModel, load_tokenizer
@@ -170,6 +171,7 @@ def markdown(report: dict) -> str:
             continue
         parts.append(f"## {title} ({sec['dtype']})\n\n" + engine_table(sec["engine"]))
         parts.append(bound_table(sec["bound"], sec["weight_bytes"], sec["bandwidth_bytes_s"]))
+        parts.append("One forward pass of each shape:\n\n" + passes_table(sec["passes"]))
     return "\n".join(parts)
 
 
@@ -205,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     def engine(model: KavaModel, anchor: HFAnchor, questions: list[Question], limits: dict) -> dict:
         rep = bench_engine(model, questions, batch_sizes=sizes, max_new_tokens=limits, anchor=anchor)
         wbytes = weight_bytes(model)
+        passes = bench_passes(model, batch_sizes=sizes, reps=20 if not args.smoke else 2)  # is a Jacobi pass ~ a decode pass?
         return {"dtype": str(model.dtype), "engine": rep, "weight_bytes": wbytes, "bandwidth_bytes_s": bandwidth,
-                "bound": bound_rows(rep, wbytes, bandwidth)}  # fmt: skip
+                "bound": bound_rows(rep, wbytes, bandwidth), "passes": passes}  # fmt: skip
 
     def builtin() -> dict:
         kw = dict(device=device, dtype=dtype)

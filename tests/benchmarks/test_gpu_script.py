@@ -1,6 +1,6 @@
 """The prepared GPU run's code path, on CPU with tiny shapes (`--smoke`): the random
 Llama-shaped model is built, benchmarked with fixed answer lengths, and set against the
-bandwidth bound; the report files appear. Its numbers mean nothing here."""
+bandwidth bound, its passes timed one by one; the report files appear. Its numbers mean nothing here."""
 
 from __future__ import annotations
 
@@ -21,3 +21,4 @@ def test_the_gpu_script_runs_on_cpu_with_tiny_shapes(tmp_path, capsys):
     assert all(c["generated_tokens_per_question"] == 16 for c in latent), "fixed answer lengths"
     assert [r["batch_size"] for r in sec["bound"]] == [1, 2] and all(r["bound_ms"] > 0 for r in sec["bound"])
     assert "bandwidth bound" in (tmp_path / "gpu.md").read_text()
+    assert {r["batch"] for r in sec["passes"]["rows"]} == {1, 2} and "One forward pass" in (tmp_path / "gpu.md").read_text()
