@@ -6,7 +6,7 @@ sleeping are awaited. Settings, bodies, parsing, error mapping and the retry pol
 
     from kava_client import AsyncClient
     async with AsyncClient() as client:
-        response = await client.solve("What is 17 * 3?")
+        response = await client.solve("Tom has 3 apples and buys 4 more. How many apples does he have?")
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ through `_base.py` and `_retry.py`, so the two stay method-for-method twins.
 
     from kava_client import Client
     with Client() as client:                       # KAVA_BASE_URL, KAVA_API_KEY
-        print(client.solve("What is 17 * 3?").answer)
+        print(client.solve("Tom has 3 apples and buys 4 more. How many apples does he have?").answer)
 """
 
 from __future__ import annotations
