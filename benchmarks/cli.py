@@ -13,8 +13,9 @@ two `kava serve` processes over the adapter in turn — batched (`--max-batch-si
 request at a time (`--max-batch-size 1`) — and gives both the same load
 (`benchmarks.serving`); `--cot-share 0.5` makes it a mixed load (half latent, half CoT) and
 adds the latent-only control. `passes` times one fast-path forward pass of each shape the
-phases run (decode, Jacobi, prefill), eager and with `--compile` (`benchmarks.passes`). Output: the JSON report, then markdown tables, on stdout;
-`--out DIR` also writes bench.json and bench.md.
+phases run (decode, Jacobi, prefill), eager and with `--compile` (`benchmarks.passes`).
+Output: the JSON report, then markdown tables, on stdout; `--out DIR` also writes bench.json
+and bench.md.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("what", nargs="?", choices=["engine", "serving", "passes", "all"], default="engine", help="which benchmark (engine)")
+    what = ["engine", "serving", "passes", "all"]
+    add("what", nargs="?", choices=what, default="engine", help="which benchmark (engine)")
     add("--adapter", type=Path, help="adapter directory (default: the built-in model)")
     add("--base-model", help="base model override for the adapter")
     add("--device", default="auto")

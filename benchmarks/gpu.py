@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     def engine(model: KavaModel, anchor: HFAnchor, questions: list[Question], limits: dict) -> dict:
         rep = bench_engine(model, questions, batch_sizes=sizes, max_new_tokens=limits, anchor=anchor)
         wbytes = weight_bytes(model)
-        passes = bench_passes(model, batch_sizes=sizes, reps=20 if not args.smoke else 2)  # is a Jacobi pass ~ a decode pass?
+        # is a Jacobi pass as cheap as a decode pass here?
+        passes = bench_passes(model, batch_sizes=sizes, reps=20 if not args.smoke else 2)
         return {"dtype": str(model.dtype), "engine": rep, "weight_bytes": wbytes, "bandwidth_bytes_s": bandwidth,
                 "bound": bound_rows(rep, wbytes, bandwidth), "passes": passes}  # fmt: skip
 

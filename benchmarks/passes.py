@@ -65,7 +65,8 @@ def bench_passes(
         for name, (n, start) in shapes.items():
             x = torch.randn(b * n, model.hidden_size, dtype=lm.dtype, device=device)
             plan = Plan.build([start] * b, [n] * b, device)
-            row = {"pass": name, "batch": b, "tokens": b * n, "eager_ms": _time(forward, lm, cache, x, plan, reps, device)}
+            eager = _time(forward, lm, cache, x, plan, reps, device)
+            row = {"pass": name, "batch": b, "tokens": b * n, "eager_ms": eager}
             if compiled is not None:
                 t0 = time.perf_counter()
                 with torch.no_grad():
