@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine import HFAnchor, bench_engine, engine_table
-from benchmarks.passes import bench_passes, passes_table
+from benchmarks.passes import bench_passes, passes_table, sync
 from benchmarks.questions import Question, load_questions
 from kava.adapters import load_adapter
 from kava.backbone import KavaModel, load_tokenizer
@@ -64,17 +64,12 @@ def measure_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int 
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         dst.copy_(src)
-    _sync(device)
+    sync(device)
     return 2 * nbytes * repeats / (time.perf_counter() - t0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def weight_bytes(model: KavaModel) -> int:

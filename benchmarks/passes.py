@@ -28,6 +28,12 @@ def pass_shapes(num_latents: int, prompt: int) -> dict[str, tuple[int, int]]:
     }
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so a host timer measures it (a no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _time(fn: Callable, lm, cache: KVCache, x: torch.Tensor, plan: Plan, reps: int, device) -> float:
     """Median milliseconds of `reps` calls after warm-up."""
     times = []
@@ -35,12 +41,10 @@ def _time(fn: Callable, lm, cache: KVCache, x: torch.Tensor, plan: Plan, reps: i
         for _ in range(3):
             fn(lm, cache, x, plan)
         for _ in range(reps):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             t0 = time.perf_counter()
             fn(lm, cache, x, plan)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             times.append((time.perf_counter() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
 
