@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_gpu_tests() -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
+    # a module whose imports are missing on the GPU machine (the server's, say) must not stop the gpu tests
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
+    cmd += ["--continue-on-collection-errors", "tests"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     return {"returncode": proc.returncode, "summary": lines[-1] if lines else "", "tail": lines[-30:]}

@@ -28,6 +28,7 @@ NOT_COMPARED = frozenset({"resume"})
 # dotted names, or a section prefix ending in "." (every field under it)
 SAFE_TO_CHANGE = (
     "optim.max_steps",  # the cosine schedule is recomputed for the new total from the current step
+    "optim.max_minutes",  # likewise: a new time budget, the time already spent kept
     "optim.log_every",
     "optim.save_every",
     "optim.eval_every",

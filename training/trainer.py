@@ -75,8 +75,13 @@ class OptimSettings:
     keep_last: int = 3  # checkpoint-<step>/ folders kept (0 = all)
     mixed_precision: str = "auto"  # auto (bf16 on a bf16-capable GPU, else no) | no | bf16
     gradient_checkpointing: bool = False  # recompute MLP activations in backward (training.recompute)
+    # wall-clock budget of the training loop in minutes (0 = none): the schedule's progress is the larger of
+    # step / max_steps and time spent / budget, and the run ends (final eval, adapter) when the time is spent
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` (optim.mixed_precision=no) as false
+            object.__setattr__(self, "mixed_precision", "no")
         problems = []
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -91,6 +96,8 @@ class OptimSettings:
             )
         elif self.mixed_precision not in PRECISIONS:
             problems.append(f"mixed_precision={self.mixed_precision!r}: must be one of {list(PRECISIONS)}")
+        if not isinstance(self.max_minutes, (int, float)) or self.max_minutes < 0:
+            problems.append(f"max_minutes={self.max_minutes!r}: must be a number >= 0 (0 = no time budget)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr!r}: must be > 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -101,10 +108,16 @@ class OptimSettings:
             raise ValueError("; ".join(problems))
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float):
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, clock: Callable[[], float] | None = None
+):
+    """Linear warm-up, then cosine decay to 0 at `total` steps. With `clock` (the share of a time
+    budget spent, 0..1), a step counts as at least `clock() * total`: a time-bound run decays on time."""
     warmup = max(1, round(total * warmup_ratio)) if warmup_ratio > 0 else 0
 
     def factor(step: int) -> float:
+        if clock is not None:
+            step = max(step, min(1.0, clock()) * total)
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
@@ -206,7 +219,9 @@ class Trainer:
             lr=settings.lr,
             betas=(0.9, 0.999),
         )
-        self.scheduler = cosine_with_warmup(self.optimizer, settings.max_steps, settings.warmup_ratio)
+        self.elapsed_s, self._since = 0.0, None  # training-loop seconds before this fit(), and when it began
+        clock = self._time_spent if settings.max_minutes > 0 else None
+        self.scheduler = cosine_with_warmup(self.optimizer, settings.max_steps, settings.warmup_ratio, clock)
         self.step_module = self.acc.prepare_model(_Step(module, loss_fn))  # DDP (+ autocast) when asked
         self.run_config = run_config if run_config is not None else {"optim": asdict(settings)}
         self.report_to = tuple(report_to)
@@ -216,9 +231,22 @@ class Trainer:
     def main(self) -> bool:
         return self.acc.is_main_process
 
+    def _time_spent(self) -> float:
+        """Share of `max_minutes` spent by the training loop, over every resumed run."""
+        now = self.elapsed_s + (time.perf_counter() - self._since if self._since is not None else 0.0)
+        return now / (60 * self.s.max_minutes)
+
+    def _out_of_time(self) -> bool:
+        """Every process takes the main one's word, so all of them stop at the same step."""
+        if self.world == 1:
+            return self._time_spent() >= 1.0
+        spent = torch.tensor([self._time_spent()], dtype=torch.float64, device=self.acc.device)
+        return float(self.acc.reduce(spent, reduction="max")) >= 1.0
+
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path, self.module, self.optimizer, self.scheduler, rank=self.rank)
         self.step = state["step"]
+        self.elapsed_s = float(state["extra"].get("elapsed_s", 0.0))
         if self.schedule is not None:
             self.schedule.load_state_dict(state["extra"].get("schedule", {}))
         log.info("resumed from %s at step %d", path, self.step)
@@ -258,6 +286,8 @@ class Trainer:
         if not self.main:
             return
         extra = {"config": self.run_config, "world_size": self.world}
+        if self._since is not None:
+            extra["elapsed_s"] = self.elapsed_s + time.perf_counter() - self._since
         if self.schedule is not None:
             extra["schedule"] = self.schedule.state_dict()
         path = checkpoint_path(self.out, self.step)
@@ -290,27 +320,32 @@ class Trainer:
         bar = tqdm(total=self.s.max_steps, initial=self.step, desc="train", disable=not self.main, dynamic_ncols=True)
         last: dict[str, Any] = {}
         t0, seen = time.perf_counter(), 0
-        while self.step < end:
+        self._since, timed_out = t0, False
+        while self.step < end and not timed_out:
             tags = self.schedule.fields(self.step) if self.schedule is not None else {}
             parts = self._optimizer_step()
             seen += self.s.batch_size
             rate = seen / (time.perf_counter() - t0)
+            timed_out = self.s.max_minutes > 0 and self._out_of_time()
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in parts.items() if k != "grad_norm"} | {"ex/s": f"{rate:.1f}"})
-            if self.step % self.s.log_every == 0 or self.step == end:
+            if self.step % self.s.log_every == 0 or self.step == end or timed_out:
                 lr = self.scheduler.get_last_lr()[0]
                 last = {"step": self.step, "lr": lr, **tags, **parts, "examples_per_s": rate}
                 trackers.log(last)
             event = self.schedule.after_step(self.step) if self.schedule is not None else None
             if event:  # before the save below, so the checkpoint holds the decision
                 trackers.log({"step": self.step, **event})
-            if self.eval_fn and self.s.eval_every and self.step % self.s.eval_every == 0 and self.step < end:
+            if timed_out and self.main:
+                trackers.log({"step": self.step, "stopped": f"max_minutes={self.s.max_minutes} spent"})
+            more = self.step < end and not timed_out
+            if self.eval_fn and self.s.eval_every and self.step % self.s.eval_every == 0 and more:
                 if self.main:
                     trackers.log({"step": self.step, "eval": self.eval_fn(self.step)})
-            if self.step % self.s.save_every == 0 or self.step == end:
+            if self.step % self.s.save_every == 0 or not more:
                 self._save()
         bar.close()
-        if self.step >= self.s.max_steps and self.main:
+        if (self.step >= self.s.max_steps or timed_out) and self.main:
             if self.eval_fn:
                 last["eval"] = self.eval_fn(self.step)
                 trackers.log({"step": self.step, "eval": last["eval"]})

@@ -1,0 +1,60 @@
+"""`optim.max_minutes`: a run bound by time ends when its budget is spent, with the same
+checkpoint, final evaluation and adapter as a run that reached `max_steps`, and its cosine
+schedule decays on the time spent, so it ends at lr 0 whichever bound comes first."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_train import toy_config
+
+from kava.adapters import load_adapter
+from training.checkpoint import latest_checkpoint, read_state
+from training.config import build_config
+from training.trainer import OptimSettings, cosine_with_warmup
+
+
+def _lrs(clock=None, total: int = 10, warmup_ratio: float = 0.2) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_with_warmup(opt, total, warmup_ratio, clock)
+    out = []
+    for _ in range(total):
+        out.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_the_schedule_runs_on_whichever_is_further_along_steps_or_time():
+    by_steps = _lrs()
+    assert by_steps[0] == pytest.approx(0.5) and by_steps[2] == pytest.approx(1.0)  # 2 warm-up steps
+    assert _lrs(clock=lambda: 0.0) == pytest.approx(by_steps)  # no time spent: the step schedule
+    half = _lrs(clock=lambda: 0.5)  # half the time gone at step 0: mid-decay, then the steps catch up
+    assert half[0] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 8)))
+    assert half[-1] == pytest.approx(by_steps[-1])
+    assert _lrs(clock=lambda: 1.5) == pytest.approx([0.0] * 10)  # over budget: lr 0, not negative
+
+
+def test_a_run_out_of_time_stops_with_its_checkpoint_eval_and_adapter(tiny_bases, tmp_path):
+    from training.run import train
+
+    optim = {"max_steps": 1000, "max_minutes": 1e-6, "save_every": 100}
+    last = train(build_config(toy_config(tmp_path, tiny_bases["llama"], optim=optim)), progress=False)
+    run = tmp_path / "run"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "total" in r] == [1]  # one step, not a thousand
+    assert {"step": 1, "stopped": "max_minutes=1e-06 spent"} in log
+    assert read_state(latest_checkpoint(run))["step"] == 1
+    assert "eval" in last and load_adapter(run / "adapter").config.objective == "kava"
+
+
+def test_a_bare_no_for_mixed_precision_means_no_not_a_type_error():
+    assert build_config({"optim": {"mixed_precision": False}}).optim.mixed_precision == "no"
+
+
+def test_a_negative_budget_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"max_minutes=-1: must be a number >= 0"):
+        OptimSettings(max_minutes=-1)
