@@ -235,11 +235,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_gpu_tests() -> dict:
     # a module whose imports are missing on the GPU machine (the server's, say) must not stop the gpu tests
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--tb=short"]
     cmd += ["--continue-on-collection-errors", "tests"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    return {"returncode": proc.returncode, "summary": lines[-1] if lines else "", "tail": lines[-30:]}
+    return {"returncode": proc.returncode, "summary": lines[-1] if lines else "", "tail": lines[-200:]}
 
 
 if __name__ == "__main__":
