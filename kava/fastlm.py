@@ -317,8 +317,13 @@ class Plan:
         if 0 < len(multi) < b:
             return cls._mixed(starts, counts, multi, view, slot, pos, device)
         grid = None if all(n == w for n in counts) else [r * w + j for r, n in enumerate(counts) for j in range(n)]
-        slot_t, pos_t, pad_t, start_t = to_device([slot, pos, grid or [], starts], device)
-        return cls(b, w, view, slot_t, pos_t, pad_t if grid is not None else None, _mask(start_t, w, view))
+        host = torch.tensor(slot + pos + (grid or []) + list(starts), dtype=torch.long)
+        host = host.to(device, non_blocking=True)
+        n = len(slot)
+        slot_t, pos_t = host[:n], host[n : 2 * n]
+        pad_t = host[2 * n : 3 * n] if grid is not None else None
+        mask = _mask(host[-b:], w, view)
+        return cls(b, w, view, slot_t, pos_t, pad_t, mask)
 
     @classmethod
     def _mixed(cls, starts, counts, multi, view, slot, pos, device) -> Plan:
@@ -339,24 +344,17 @@ class Plan:
             [i * wm + j for i, r in enumerate(multi) for j in range(counts[r])],
             [starts[r] for r in multi],
         ]
-        slot_t, pos_t, first, start_t, ones_rows, ones_pos, multi_rows, multi_pos, pad, multi_start = to_device(
-            parts, device
-        )
+        host = torch.tensor([v for part in parts for v in part], dtype=torch.long).to(device, non_blocking=True)
+        t, at = [], 0
+        for part in parts:
+            t.append(host[at : at + len(part)])
+            at += len(part)
+        slot_t, pos_t, first, start_t, ones_rows, ones_pos, multi_rows, multi_pos, pad, multi_start = t
         view1 = max(starts) + 1
         view_m = max(starts[r] + counts[r] for r in multi)
         split = Split(first, view1, _mask(start_t, 1, view1), ones_rows, ones_pos, multi_rows, multi_pos, pad, wm,
                       view_m, _mask(multi_start, wm, view_m))  # fmt: skip
         return cls(len(starts), max(counts), view, slot_t, pos_t, None, None, split)
-
-
-def to_device(parts: Sequence[Sequence[int]], device: torch.device) -> list[torch.Tensor]:
-    """Host index lists -> long tensors on `device`, through ONE copy. On CUDA the copy leaves
-    from pinned memory, so it queues behind the work in flight; a copy from pageable memory
-    waits for the stream first, and a pass that made several spent most of its time waiting."""
-    flat = torch.tensor([v for part in parts for v in part], dtype=torch.long)
-    if device.type == "cuda":
-        flat = flat.pin_memory()
-    return list(flat.to(device, non_blocking=True).split([len(part) for part in parts]))
 
 
 def _mask(starts: torch.Tensor, width: int, view: int) -> torch.Tensor:

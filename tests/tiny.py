@@ -114,7 +114,7 @@ def perturb_trainables(model, scale: float = 0.1, seed: int = 0) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad and "special_rows" not in name:
-                p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * scale)
+                p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * scale)  # the same values on any device
 
 
 def make_model(base: Path, seed: int = 0, lora=TINY_LORA, **method):
