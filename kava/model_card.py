@@ -59,9 +59,9 @@ def render_model_card(manifest: Any, evaluation: dict[str, Any] | None = None) -
     if tc.get("init_adapter"):
         lines.append(f"| starts from | the adapter `{tc['init_adapter']}`, fine-tuned further |")
     if optim:
-        lines.append(
-            f"| budget | {optim.get('max_steps')} steps × batch {optim.get('batch_size')}, lr {optim.get('lr')} |"
-        )
+        steps = extra.get("steps_trained", optim.get("max_steps"))
+        timed = f" (time budget {optim['max_minutes']} min)" if optim.get("max_minutes") else ""
+        lines.append(f"| budget | {steps} steps × batch {optim.get('batch_size')}, lr {optim.get('lr')}{timed} |")
     curriculum = tc.get("curriculum") or {}
     if curriculum.get("stages"):
         lines.append(f"| curriculum | {curriculum['stages']} stages × {curriculum.get('steps_per_stage')} steps |")

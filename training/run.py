@@ -150,7 +150,8 @@ def train(
         return res
 
     def save_fn(path: Path) -> None:
-        extra = {"train_config": cfg.to_dict(), "trainable_parameters": n_train, "command": shlex.join(sys.argv)}
+        extra = {"train_config": cfg.to_dict(), "trainable_parameters": n_train, "command": shlex.join(sys.argv),
+                 "steps_trained": trainer.step}  # fmt: skip
         save_adapter(model, path, extra=extra)
 
     use_eval = cfg.eval.final or cfg.optim.eval_every > 0
