@@ -308,25 +308,24 @@ class Plan:
     split: Split | None = None  # a mixed pass (then pad and mask are None)
 
     @classmethod
-    def build(cls, starts: Sequence[int], counts: Sequence[int], device: torch.device) -> Plan:
+    def build(
+        cls, starts: Sequence[int], counts: Sequence[int], device: torch.device, send: Send | None = None
+    ) -> Plan:
+        """`send` moves the host-built index lists to `device` (default: `to_device`, one copy)."""
+        send = send or (lambda parts: to_device(parts, device))
         b, w = len(starts), max(counts)
         view = max(s + n for s, n in zip(starts, counts))
         slot = [r for r, n in enumerate(counts) for _ in range(n)]
         pos = [s + j for s, n in zip(starts, counts) for j in range(n)]
         multi = [r for r, n in enumerate(counts) if n > 1]
         if 0 < len(multi) < b:
-            return cls._mixed(starts, counts, multi, view, slot, pos, device)
+            return cls._mixed(starts, counts, multi, view, slot, pos, send)
         grid = None if all(n == w for n in counts) else [r * w + j for r, n in enumerate(counts) for j in range(n)]
-        host = torch.tensor(slot + pos + (grid or []) + list(starts), dtype=torch.long)
-        host = host.to(device, non_blocking=True)
-        n = len(slot)
-        slot_t, pos_t = host[:n], host[n : 2 * n]
-        pad_t = host[2 * n : 3 * n] if grid is not None else None
-        mask = _mask(host[-b:], w, view)
-        return cls(b, w, view, slot_t, pos_t, pad_t, mask)
+        slot_t, pos_t, pad_t, start_t = send([slot, pos, grid or [], starts])
+        return cls(b, w, view, slot_t, pos_t, pad_t if grid is not None else None, _mask(start_t, w, view))
 
     @classmethod
-    def _mixed(cls, starts, counts, multi, view, slot, pos, device) -> Plan:
+    def _mixed(cls, starts, counts, multi, view, slot, pos, send: Send) -> Plan:
         offsets = [0]
         for n in counts[:-1]:
             offsets.append(offsets[-1] + n)
@@ -344,17 +343,57 @@ class Plan:
             [i * wm + j for i, r in enumerate(multi) for j in range(counts[r])],
             [starts[r] for r in multi],
         ]
-        host = torch.tensor([v for part in parts for v in part], dtype=torch.long).to(device, non_blocking=True)
-        t, at = [], 0
-        for part in parts:
-            t.append(host[at : at + len(part)])
-            at += len(part)
-        slot_t, pos_t, first, start_t, ones_rows, ones_pos, multi_rows, multi_pos, pad, multi_start = t
+        slot_t, pos_t, first, start_t, ones_rows, ones_pos, multi_rows, multi_pos, pad, multi_start = send(parts)
         view1 = max(starts) + 1
         view_m = max(starts[r] + counts[r] for r in multi)
         split = Split(first, view1, _mask(start_t, 1, view1), ones_rows, ones_pos, multi_rows, multi_pos, pad, wm,
                       view_m, _mask(multi_start, wm, view_m))  # fmt: skip
         return cls(len(starts), max(counts), view, slot_t, pos_t, None, None, split)
+
+
+Send = Callable[[Sequence[Sequence[int]]], list[torch.Tensor]]  # host index lists -> device tensors
+
+
+def to_device(parts: Sequence[Sequence[int]], device: torch.device) -> list[torch.Tensor]:
+    """Host index lists -> long tensors on `device`, in one copy."""
+    flat = torch.tensor([v for part in parts for v in part], dtype=torch.long).to(device, non_blocking=True)
+    return list(flat.split([len(part) for part in parts]))
+
+
+class Staging:
+    """A pass's host-built index lists, sent to the device without waiting for it.
+
+    On CUDA a copy from pageable memory first waits for the stream (the running work), so a
+    pass that sent five index tensors waited five times. Here every list goes through one pinned
+    host buffer, allocated once and grown when needed, in copies that queue behind the work in
+    flight. `reset()` at the start of each pass: the buffer is reused from offset 0, which is
+    safe because every pass ends with a host sync (the sampled ids, or a synchronize), so no
+    copy out of the buffer is still pending. On CPU it is `to_device`."""
+
+    def __init__(self, device: torch.device, size: int = 1 << 14):
+        self.device, self.used = device, 0
+        self.cuda = device.type == "cuda"
+        self.host = torch.empty(size if self.cuda else 0, dtype=torch.long, pin_memory=self.cuda)
+        self.dev = torch.empty(size if self.cuda else 0, dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        self.used = 0
+
+    def send(self, parts: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        if not self.cuda:
+            return to_device(parts, self.device)
+        flat = [v for part in parts for v in part]
+        a, b = self.used, self.used + len(flat)
+        if b > self.host.numel():  # grow: new buffers, so copies queued from the old ones stay valid
+            size = max(b, 2 * self.host.numel())
+            self.host = torch.empty(size, dtype=torch.long, pin_memory=True)
+            self.dev = torch.empty(size, dtype=torch.long, device=self.device)
+            a, b = 0, len(flat)
+        self.host[a:b] = torch.tensor(flat, dtype=torch.long)
+        out = self.dev[a:b]
+        out.copy_(self.host[a:b], non_blocking=True)
+        self.used = b
+        return list(out.split([len(part) for part in parts]))
 
 
 def _mask(starts: torch.Tensor, width: int, view: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 from kava.answers import extract_answer
 from kava.backbone import KavaModel
 from kava.config import MODES, Mode
-from kava.fastlm import KVCache, Plan, fast_lm, forward
+from kava.fastlm import KVCache, Plan, Staging, fast_lm, forward
 from kava.latent import shift_update
 from kava.prompts import prompt_ids, question_ids
 from kava.results import PHASES, SolveResult, nearest_tokens
@@ -121,6 +121,7 @@ class Running:
         cfg, tok = model.config, model.tokenizer
         self.suffix = [model.ids.eot, *prompt_ids(tok, cfg)]  # `<eot> P`, the same for every row
         self.cache = KVCache(self.lm, rows, length)
+        self.staging = Staging(model.device)  # the passes' index lists, sent without waiting
         # per slot: [h(<bot>), h(slot 1), ..., h(slot M)], last layer after the final norm
         self.state = torch.zeros(rows, cfg.num_latents + 1, model.hidden_size, dtype=self.lm.dtype, device=model.device)
         self.rows: list[Row] = []
@@ -202,7 +203,8 @@ class Running:
         assert rows, "step() needs a running row"
         model, lm, dev = self.model, self.lm, self.model.device
         chunks = [self._chunk(r) for r in rows]
-        plan = Plan.build([r.length for r in rows], [c.n for c in chunks], dev)
+        self.staging.reset()  # the last pass ended with a host sync: nothing is still reading the buffer
+        plan = Plan.build([r.length for r in rows], [c.n for c in chunks], dev, self.staging.send)
         width = self.state.shape[1]  # M + 1
         # 1. inputs, packed row after row: token embeddings, then the latent slot inputs
         tok_pos, tok_ids, jac, seq, reads, samples = [], [], [], [], [], []
@@ -218,28 +220,30 @@ class Running:
             if c.sample:
                 samples.append((r, off + c.n - 1))
             off += c.n
+        sp = [r for r, _ in seq]
+        host = [tok_pos, tok_ids, [r.slot for r, _ in jac], [o + j for r, o in jac for j in range(r.m)],
+                [r.slot for r in sp], [r.k for r in sp], [o for _, o in seq],
+                [p for p, _ in reads] + [p for _, p in samples], [s for _, s in reads]]  # fmt: skip
+        tok_pos_t, tok_ids_t, jac_slots, jac_at, seq_slots, seq_k, seq_at, keep_at, state_at = self.staging.send(host)
         x = torch.empty(off, model.hidden_size, dtype=lm.dtype, device=dev)  # (N, D)
         if tok_ids:
             specials = any(r.phase != "decode" for r in rows)  # fed-back answer tokens never are
-            x.index_copy_(0, _idx(tok_pos, dev), lm.embed(_idx(tok_ids, dev), specials))
+            x.index_copy_(0, tok_pos_t, lm.embed(tok_ids_t, specials))
         latents = {}
         if jac:
-            slots = _idx([r.slot for r, _ in jac], dev)
-            z = shift_update(model, self.state[slots, 0], self.state[slots, 1:]).to(lm.dtype)  # (Bj, M, D)
-            x.index_copy_(0, _idx([o + j for r, o in jac for j in range(r.m)], dev), z.flatten(0, 1))
+            z = shift_update(model, self.state[jac_slots, 0], self.state[jac_slots, 1:]).to(lm.dtype)  # (Bj, M, D)
+            x.index_copy_(0, jac_at, z.flatten(0, 1))
             latents.update({id(r): z[i] for i, (r, _) in enumerate(jac)})
         if seq:
-            prev = self.state[_idx([r.slot for r, _ in seq], dev), _idx([r.k for r, _ in seq], dev)]  # (Bs, D)
-            z = model.project(prev).to(lm.dtype)  # (Bs, D)
-            x.index_copy_(0, _idx([o for _, o in seq], dev), z)
-            latents.update({id(r): z[i : i + 1] for i, (r, _) in enumerate(seq)})
+            z = model.project(self.state[seq_slots, seq_k]).to(lm.dtype)  # (Bs, D)
+            x.index_copy_(0, seq_at, z)
+            latents.update({id(r): z[i : i + 1] for i, r in enumerate(sp)})
         # 2. the pass
         h = forward(lm, self.cache, x, plan)  # (N, D)
         # 3. what the rows keep: latent states, then one batched greedy pick
-        picks = [p for _, p in samples]
-        keep = lm.final_norm(h[_idx([p for p, _ in reads] + picks, dev)])  # (K, D)
+        keep = lm.final_norm(h[keep_at])  # (K, D)
         if reads:
-            self.state.view(-1, model.hidden_size).index_copy_(0, _idx([s for _, s in reads], dev), keep[: len(reads)])
+            self.state.view(-1, model.hidden_size).index_copy_(0, state_at, keep[: len(reads)])
         next_ids: list[int] = []
         if samples:
             logits = lm.logits(keep[len(reads) :]).float().index_fill_(-1, lm.special_ids, float("-inf"))
@@ -316,7 +320,3 @@ class Running:
             kv_cache_bytes=row.length * self.lm.bytes_per_token,
             latent_nearest_tokens=nearest,
         )
-
-
-def _idx(values: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
