@@ -1,6 +1,7 @@
-"""The prepared GPU run: the tests marked `gpu`, then the engine benchmark on CUDA in bf16 for
-the built-in model and for a Llama-3.2-1B-shaped model with random weights, at batch 1, 8
-and 32, with ms per latent request set against the bandwidth bound.
+"""The prepared GPU run: the tests marked `gpu`, a profile of batch-1 solves (where a pass's
+time goes), then the engine benchmark on CUDA in bf16 for the built-in model and for a
+Llama-3.2-1B-shaped model with random weights, at batch 1, 8 and 32, with ms per latent
+request set against the bandwidth bound.
 
     python -m benchmarks.gpu --out runs/gpu              # a CUDA machine; a few minutes on an H100/H200
     python -m benchmarks.gpu --device cpu --smoke --out /tmp/g   # the same code on CPU, tiny shapes
@@ -167,6 +168,13 @@ def markdown(report: dict) -> str:
         parts.append(f"## {title} ({sec['dtype']})\n\n" + engine_table(sec["engine"]))
         parts.append(bound_table(sec["bound"], sec["weight_bytes"], sec["bandwidth_bytes_s"]))
         parts.append("One forward pass of each shape:\n\n" + passes_table(sec["passes"]))
+    prof = report.get("profile")
+    if isinstance(prof, dict) and "cot" in prof:
+        for mode in ("cot", "latent"):
+            p = prof[mode]
+            parts.append(
+                f"## Profile: {mode}, batch 1 ({p['passes']} passes)\n\n```\n{p['by_self_cpu']}\n{p['by_device']}```\n"
+            )
     return "\n".join(parts)
 
 
@@ -178,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("-n", "--num-questions", type=int, default=64, help="questions per cell (the 1B model: half)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes and few questions: check the script runs")
-    p.add_argument("--sections", default="tests,builtin,llama", help="comma list of tests, builtin, llama")
+    p.add_argument("--sections", default="tests,profile,builtin,llama",
+                   help="comma list of tests, profile, builtin, llama")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = torch.device(args.device)
@@ -225,12 +234,43 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         return out
 
+    def profile() -> dict:
+        model = load_adapter(BUILTIN_ADAPTER, device=device, dtype=dtype)
+        return profile_solves(model, [q.text for q in load_questions("held-out", 8)], device)
+
+    if "profile" in sections:
+        _section(report, args.out, "profile", profile)
     if "builtin" in sections:
         _section(report, args.out, "builtin", builtin)
     if "llama" in sections:
         _section(report, args.out, "llama_1b_shape", llama_1b)
     sys.stdout.write(markdown(report))
     return 0
+
+
+def profile_solves(model: KavaModel, questions: list[str], device: torch.device) -> dict:
+    """Where a pass's time goes: torch.profiler over one-question CoT and latent solves (after
+    a warm-up), the top ops by self CPU time (launches, copies, syncs) and by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kava.generate import solve_batch
+
+    solve_batch(model, questions[:1], mode="cot", max_new_tokens=8)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    out: dict = {}
+    for mode, limit in (("cot", 96), ("latent", 16)):
+        passes = 0
+        with profile(activities=activities) as prof:
+            for q in questions:
+                passes += solve_batch(model, [q], mode=mode, max_new_tokens=limit).results[0].forward_passes
+            sync(device)
+        table = prof.key_averages()
+        out[mode] = {
+            "passes": passes,
+            "by_self_cpu": table.table(sort_by="self_cpu_time_total", row_limit=20),
+            "by_device": table.table(sort_by="self_device_time_total", row_limit=12) if device.type == "cuda" else "",
+        }
+    return out
 
 
 def _run_gpu_tests() -> dict:

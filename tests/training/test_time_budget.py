@@ -49,7 +49,8 @@ def test_a_run_out_of_time_stops_with_its_checkpoint_eval_and_adapter(tiny_bases
     assert {"step": 1, "stopped": "max_minutes=1e-06 spent"} in log
     assert read_state(latest_checkpoint(run))["step"] == 1
     assert "eval" in last and load_adapter(run / "adapter").config.objective == "kava"
-    assert "| budget | 1 steps × batch 4, lr 0.01 (time budget 1e-06 min) |" in (run / "adapter" / "README.md").read_text()
+    card = (run / "adapter" / "README.md").read_text()
+    assert "| budget | 1 steps × batch 4, lr 0.01 (time budget 1e-06 min) |" in card
 
 
 def test_a_bare_no_for_mixed_precision_means_no_not_a_type_error():
