@@ -53,6 +53,23 @@ def test_a_run_out_of_time_stops_with_its_checkpoint_eval_and_adapter(tiny_bases
     assert "| budget | 1 steps × batch 4, lr 0.01 (time budget 1e-06 min) |" in card
 
 
+def test_the_time_spent_is_checkpointed_and_carried_over_a_resume(tiny_bases, tmp_path):
+    from training.run import train
+
+    optim = {"max_steps": 6, "max_minutes": 60.0, "save_every": 1}
+    raw = toy_config(tmp_path, tiny_bases["llama"], optim=optim, eval={"final": False})
+    train(build_config(raw), stop_after=3, progress=False)
+    ckpt = latest_checkpoint(tmp_path / "run")
+    state = read_state(ckpt)
+    assert state["extra"]["elapsed_s"] > 0
+    state["extra"]["elapsed_s"] = 3600.0  # as if the first run had spent the whole hour
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    train(build_config({**raw, "resume": "auto"}), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"step": 4, "stopped": "max_minutes=60.0 spent"} in log  # one step after the resume, not six
+    assert (tmp_path / "run" / "adapter" / "kava_config.json").is_file()
+
+
 def test_a_bare_no_for_mixed_precision_means_no_not_a_type_error():
     assert build_config({"optim": {"mixed_precision": False}}).optim.mixed_precision == "no"
 
