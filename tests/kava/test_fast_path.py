@@ -13,7 +13,7 @@ import torch
 from tiny import EXAMPLES, make_model
 
 from kava import fastlm
-from kava.fastlm import KVCache, Plan, fast_lm, forget_fast, forward
+from kava.fastlm import KVCache, Plan, Staging, fast_lm, forget_fast, forward
 from kava.generate import solve_batch
 from kava.prompts import encode_prefixes, positions
 from kava.running import Ask, Running
@@ -184,3 +184,15 @@ def test_bf16_fast_pass_tracks_the_hf_forward(tiny_bases, family, device):
     t = model.config.num_iterations
     for r in solve_batch(model, QUESTIONS, max_new_tokens=LIMITS).results:
         assert 1 <= r.generated_tokens and r.forward_passes == 1 + t + r.generated_tokens - 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_staging_sends_every_list_intact_within_a_pass_and_across_a_grow():
+    staging = Staging(torch.device("cuda"), size=4)
+    for _ in range(2):  # a second pass reuses the buffer from offset 0
+        staging.reset()
+        first = staging.send([[1, 2], [3], []])
+        second = staging.send([[4, 5, 6], [7, 8]])  # past the 4 slots: grows while `first` is in flight
+        assert [t.tolist() for t in first + second] == [[1, 2], [3], [], [4, 5, 6], [7, 8]]
+        assert all(t.device.type == "cuda" and t.dtype == torch.long for t in first + second)
