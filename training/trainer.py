@@ -231,10 +231,13 @@ class Trainer:
     def main(self) -> bool:
         return self.acc.is_main_process
 
+    def _seconds_spent(self) -> float:
+        """Training-loop seconds over every resumed run, this one's so far included."""
+        return self.elapsed_s + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
     def _time_spent(self) -> float:
-        """Share of `max_minutes` spent by the training loop, over every resumed run."""
-        now = self.elapsed_s + (time.perf_counter() - self._since if self._since is not None else 0.0)
-        return now / (60 * self.s.max_minutes)
+        """Share of `max_minutes` spent by the training loop."""
+        return self._seconds_spent() / (60 * self.s.max_minutes)
 
     def _out_of_time(self) -> bool:
         """Every process takes the main one's word, so all of them stop at the same step."""
@@ -287,7 +290,7 @@ class Trainer:
             return
         extra = {"config": self.run_config, "world_size": self.world}
         if self._since is not None:
-            extra["elapsed_s"] = self.elapsed_s + time.perf_counter() - self._since
+            extra["elapsed_s"] = self._seconds_spent()
         if self.schedule is not None:
             extra["schedule"] = self.schedule.state_dict()
         path = checkpoint_path(self.out, self.step)
