@@ -5,9 +5,10 @@ and the sequential (Coconut/CODI-style) alternative. Inference fuses passes whos
 are already known: the init pass's `<latent>` placeholders ride in the prefill pass
 (`prefill(..., init_slots=M)`), and the shared `<eot> P` suffix rides in the last latent
 pass (`suffix=`); attention is causal, so both give the same result as separate passes
-with two fewer sequential forward passes per question. Every pass receives an attention
-mask over cache + new tokens and position ids that count only real tokens, so a
-left-padded row computes exactly what it would alone. Gradients flow through every pass.
+with two fewer sequential forward passes per question. Training takes the question's K/V
+from the teacher's pass, which starts with the same tokens (`prefill_on_question`). Every
+pass receives an attention mask over cache + new tokens and position ids that count only
+real tokens, so a left-padded row computes exactly what it would alone. Gradients flow through every pass.
 Does not own answer decoding (`kava.generate`) or losses (`kava.losses`).
 """
 
@@ -76,6 +77,41 @@ def prefill(model: KavaModel, prefix: PrefixBatch, init_slots: int = 0) -> Prefi
         last_hidden=out.hidden[:, lp - 1],
         last_logits=out.logits[:, lp - 1],
         init_hidden=out.hidden[:, lp:] if init_slots else None,
+    )
+
+
+def prefill_on_question(
+    model: KavaModel, prefix: PrefixBatch, question_kv: list[tuple[torch.Tensor, torch.Tensor]], init_slots: int = 0
+) -> Prefix:
+    """`prefill` for training, given the K/V a teacher pass already computed for the question.
+
+    The teacher's rows start with the same Q tokens at the same positions under the same
+    weights, so their first |Q| keys and values are what the student's prefill would compute
+    (gradients then reach the weights through one computation instead of two identical ones;
+    their sum is the same). Only `<bot>` (and the fused init slots) run here. `question_kv`:
+    per layer (B, Hkv, Lt, d), each row's Q at columns 0..|Q|-1 (right-padded teacher rows);
+    `prefix` is the left-padded `Q <bot>` batch."""
+    mask = prefix.attention_mask  # (B, Lp), every row ends with <bot>
+    b, lp = mask.shape
+    lengths = mask.sum(-1)
+    q_len = lengths - 1  # (B,)
+    col = torch.arange(lp - 1, device=mask.device)[None] - (lp - 1 - q_len)[:, None]  # (B, Lp-1) teacher column
+    k0 = question_kv[0][0]
+    index = col.clamp(min=0)[:, None, :, None].expand(b, k0.shape[1], lp - 1, k0.shape[3])  # pads read column 0
+    kv = [(k.gather(2, index), v.gather(2, index)) for k, v in question_kv]
+    x = model.embed(prefix.input_ids[:, -1:])  # (B, 1, D): <bot>
+    if init_slots:
+        x = torch.cat([x, model.latent_placeholders(b, init_slots).to(x.dtype)], dim=1)
+    full = torch.cat([mask, mask.new_ones((b, init_slots))], dim=1)  # (B, Lp + M)
+    pos = q_len[:, None] + torch.arange(1 + init_slots, device=mask.device)[None]  # (B, 1 + M)
+    out = model(x, full, pos, DynamicCache(ddp_cache_data=kv))
+    return Prefix(
+        kv=[(k[:, :, :lp], v[:, :, :lp]) for k, v in cache_kv(out.cache)],
+        mask=mask,
+        lengths=lengths,
+        last_hidden=out.hidden[:, 0],
+        last_logits=out.logits[:, 0],
+        init_hidden=out.hidden[:, 1:] if init_slots else None,
     )
 
 

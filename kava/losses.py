@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kava.backbone import KavaModel
 from kava.compression import answer_attention, compress_teacher_kv
 from kava.keys import capture_pre_rope_keys
-from kava.latent import prefill, run_latents
+from kava.latent import prefill, prefill_on_question, run_latents
 from kava.prompts import IGNORE, TrainBatch, positions
 
 _ELEMENTWISE = {
@@ -113,8 +113,10 @@ def _stack_kv(kv: Sequence[tuple[torch.Tensor, torch.Tensor]], sl: slice) -> tup
 
 
 # The step ---------------------------------------------------------------------------------
-def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
-    """Forward for one batch under the model's MethodConfig; returns total and each term."""
+def training_step(model: KavaModel, batch: TrainBatch, *, share_question: bool = True) -> LossOutput:
+    """Forward for one batch under the model's MethodConfig; returns total and each term.
+    `share_question=False` runs the student's prefill from scratch (same loss and gradients,
+    one more pass over Q: the form the tests hold the shared one to)."""
     cfg = model.config
     zero = torch.zeros((), device=model.device)
     need_kv, need_codi = cfg.uses_kv_loss, cfg.uses_codi_loss
@@ -134,9 +136,16 @@ def training_step(model: KavaModel, batch: TrainBatch) -> LossOutput:
     if not cfg.uses_latents:
         return LossOutput(cfg.teacher_ce_weight * teacher_ce, zero, teacher_ce.detach(), zero, zero)
 
-    # 2. Student: Q <bot> -> latents -> <eot> P A <eos>, same code as inference
-    pre = prefill(model, batch.prefix)
-    lp, m = pre.mask.shape[1], cfg.num_latents
+    # 2. Student: Q <bot> -> latents -> <eot> P A <eos>, same code as inference. The teacher
+    #    pass already holds Q's K/V: only <bot> and the init slots run (`prefill_on_question`)
+    m = cfg.num_latents
+    if share_question:
+        fuse_init = not cfg.sequential and cfg.num_iterations > 0  # as inference fuses it
+        t_cache = [(la.keys, la.values) for la in t_out.cache.layers]
+        pre = prefill_on_question(model, batch.prefix, t_cache, init_slots=m if fuse_init else 0)
+    else:
+        pre = prefill(model, batch.prefix)
+    lp = pre.mask.shape[1]
     with capture_pre_rope_keys(model, enabled=pre_rope) as s_keys:
         lat = run_latents(model, pre, num_latents=m, num_iterations=cfg.num_iterations, sequential=cfg.sequential)
     # the latent slots' K/V, taken before the suffix pass extends the cache
