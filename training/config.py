@@ -37,6 +37,7 @@ class DataSettings:
     min_steps: int = 2  # builtin training stream: problems of min_steps..4 steps (1 adds one-step questions)
     rephrase: float = 0.0  # builtin training stream: share of questions asked the way people ask
     small_numbers: float = 0.0  # builtin training stream: share of problems with numbers up to 20
+    group_by_length: int = 0  # sort each run of N batches by length (less padding); 0 = off
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ def _data_problems(data: DataSettings, problems: list[str]) -> None:
         problems.append(f"data.max_value={data.max_value!r}: must be an integer >= 12 (the templates need it)")
     if data.min_steps not in (1, 2, 3, 4):
         problems.append(f"data.min_steps={data.min_steps!r}: must be 1, 2, 3 or 4 (the generator writes up to 4 steps)")
+    g = data.group_by_length
+    if not isinstance(g, int) or isinstance(g, bool) or g < 0:
+        problems.append(f"data.group_by_length={g!r}: must be an integer >= 0 (batches sorted together; 0 = off)")
     for name in ("rephrase", "small_numbers"):
         r = getattr(data, name)
         if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 <= r <= 1.0):

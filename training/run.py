@@ -25,7 +25,7 @@ from kava.attention import NAME as SDPA_FP32
 from kava.backbone import build_model
 from kava.config import ConfigError
 from kava.losses import training_step
-from kava.prompts import encode_training_batch
+from kava.prompts import encode_training_batch, trace_text
 from training.config import TrainConfig
 from training.curriculum import Curriculum, stage_accuracy
 from training.data.sampler import EpochSampler
@@ -41,6 +41,13 @@ def eval_modes(cfg: TrainConfig) -> list[str]:
     """Latent evaluation means nothing for objectives without latents; use CoT there."""
     modes = [m for m in cfg.eval.modes if m == "cot" or cfg.method.uses_latents]
     return modes or ["cot"]
+
+
+def teacher_lengths(model, examples) -> list[int]:
+    """Tokens in each example's question and trace (what sets a teacher row's length),
+    tokenised in one batched call."""
+    texts = [f"{e.question.strip()} {trace_text(e.steps, model.config)}" for e in examples]
+    return [len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def gradient_shares(terms: dict[str, torch.Tensor], model) -> dict[str, float]:
@@ -92,7 +99,10 @@ def train(
         log.info("weights from the adapter %s", cfg.init_adapter)
     n_train = sum(p.numel() for p in model.trainable_parameters())
     log.info("trainable parameters: %d", n_train)
-    sampler = EpochSampler(len(train_ex), cfg.optim.seed)
+    lengths = teacher_lengths(model, train_ex) if d.group_by_length else None
+    sampler = EpochSampler(
+        len(train_ex), cfg.optim.seed, lengths=lengths, batch=cfg.optim.batch_size, group=d.group_by_length
+    )
     curriculum = None
     if cfg.curriculum.enabled:
         cur = cfg.curriculum

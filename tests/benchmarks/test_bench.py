@@ -121,3 +121,13 @@ def test_pass_bench_times_the_compiled_pass_too(bench_model):
     report = bench_passes(bench_model, batch_sizes=(2,), num_latents=3, prompt=4, reps=1, compile=True)
     assert all(r["compiled_ms"] > 0 for r in report["rows"]) and report["compile_seconds"] > 0
     assert "compiled ms" in passes_table(report)
+
+
+def test_train_step_bench_times_the_three_ways(capsys):
+    from benchmarks.train_step import main as train_step_main
+
+    assert train_step_main(["--batch-size", "4", "--steps", "1", "--group", "2"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r[0].strip() for r in rows[1:]] == ["separate prefill", "shared question", "shared + group 2"]
+    for r in rows[1:]:
+        assert float(r[1]) > 0 and float(r[2]) > 0 and 0 < float(r[3].strip(" %")) <= 100

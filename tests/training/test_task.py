@@ -99,6 +99,8 @@ def test_a_share_of_small_number_problems() -> None:
         ("rephrase", 1.5, "data.rephrase=1.5"),
         ("max_value", 11, "data.max_value=11"),
         ("small_numbers", -0.1, "data.small_numbers=-0.1"),
+        ("group_by_length", -1, "data.group_by_length=-1"),
+        ("group_by_length", 1.5, "data.group_by_length=1.5"),
     ],
 )
 def test_bad_data_settings_name_the_field(field: str, value: object, needle: str) -> None:

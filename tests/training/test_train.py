@@ -58,12 +58,14 @@ def test_each_objective_trains_and_writes_a_loadable_adapter(tiny_bases, tmp_pat
     assert model.config.objective == objective
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_bases, tmp_path):
+@pytest.mark.parametrize("group", [0, 2])
+def test_resume_reproduces_the_uninterrupted_run(tiny_bases, tmp_path, group):
     raw = toy_config(
         tmp_path,
         tiny_bases["llama"],
         optim={"max_steps": 6, "save_every": 3},
         lora={"r": 4, "alpha": 8, "dropout": 0.1},
+        data={"group_by_length": group},  # batches sorted by length: the order is still a function of the position
     )
     straight = build_config({**raw, "output_dir": str(tmp_path / "a")})
     train(straight, progress=False)
