@@ -1,6 +1,7 @@
 """`kava bench`: HF generate vs kava CoT vs kava latent, and served throughput (reports, never asserts).
 
   kava bench engine   [--adapter DIR] [--batch-sizes 1,8,32] [--questions held-out|gsm8k|FILE.jsonl] [-n 64]
+                      [--graphs]
   kava bench serving  [--url URL [--baseline-url URL]] [--requests N] [--rate R | --concurrency C]
                       [--mode latent|cot] [--cot-share 0.5]
   kava bench passes  [--batch-sizes 1,32] [--compile]
@@ -53,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-new-tokens-latent", type=int, default=32)
     add("--max-new-tokens-cot", type=int, default=256)
     add("--no-anchor", action="store_true", help="engine: skip the HF generate row")
+    add("--graphs", action="store_true", help="engine: also kava with fixed-shape passes (CUDA graphs on CUDA)")
     add("--compile", action="store_true", help="passes: also time the pass under torch.compile")
     add("--url", help="serving: a running server (otherwise two are started here)")
     add("--baseline-url", help="serving: a server started with --max-batch-size 1")
@@ -125,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         anchor = None if merged is None else HFAnchor.merge(merged)
         limits = {"latent": args.max_new_tokens_latent, "cot": args.max_new_tokens_cot}
-        report["engine"] = bench_engine(model, questions, batch_sizes=sizes, max_new_tokens=limits, anchor=anchor)
+        report["engine"] = bench_engine(
+            model, questions, batch_sizes=sizes, max_new_tokens=limits, anchor=anchor, graphs=args.graphs
+        )
         report["engine"].update(adapter=str(_adapter(args)), device=str(model.device), dtype=str(model.dtype))
         tables.append("## Engine: HF generate vs kava CoT vs kava latent\n\n" + engine_table(report["engine"]))
     if args.what == "passes":

@@ -26,6 +26,7 @@ from kava.generate import solve_batch
 from kava.prompts import question_ids
 
 PATHS = ("hf-generate", "kava-cot", "kava-latent")
+GRAPHED = ("kava-cot+graphs", "kava-latent+graphs")  # solve_batch(graphs=True): CUDA graphs on CUDA
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ def measure(
             passes += steps * len(chunk)
             tokens += sum(counts)
         else:
-            out = solve_batch(model, texts, mode=path.removeprefix("kava-"), max_new_tokens=limit).results
+            mode, graphs = path.removeprefix("kava-").removesuffix("+graphs"), path.endswith("+graphs")
+            out = solve_batch(model, texts, mode=mode, max_new_tokens=limit, graphs=graphs).results
             wall += time.perf_counter() - t0
             answers = [r.answer for r in out]
             passes += sum(r.forward_passes for r in out)
@@ -129,11 +131,13 @@ def bench_engine(
     batch_sizes: Sequence[int] = (1, 8, 32),
     max_new_tokens: dict[str, int] | None = None,
     anchor: HFAnchor | None = None,
+    graphs: bool = False,
 ) -> dict:
-    """Every path at every batch size; returns {"cells": [...], "ratios": [...], ...}."""
+    """Every path at every batch size; returns {"cells": [...], "ratios": [...], ...}. With
+    `graphs`, kava CoT and latent also run with fixed-shape passes (CUDA graphs on CUDA)."""
     limits = max_new_tokens or {"latent": 32, "cot": 256}
-    paths = [p for p in PATHS if anchor is not None or p != "hf-generate"]
-    limit = {"hf-generate": limits["cot"], "kava-cot": limits["cot"], "kava-latent": limits["latent"]}
+    paths = [p for p in PATHS if anchor is not None or p != "hf-generate"] + (list(GRAPHED) if graphs else [])
+    limit = {p: limits["latent" if "latent" in p else "cot"] for p in paths}
     for path in paths:  # untimed: first-call costs (allocation, merged weights) land here
         measure(path, model, anchor, questions[:2], 2, 2)
     cells = [

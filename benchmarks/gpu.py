@@ -86,18 +86,19 @@ def bound_rows(report: dict, wbytes: int, bandwidth: float) -> list[dict]:
     """ms per latent request, measured and at the bandwidth bound, per batch size."""
     rows = []
     for c in report["cells"]:
-        if c["path"] != "kava-latent":
+        if not c["path"].startswith("kava-latent"):
             continue
         bound_ms = c["passes_per_question"] * wbytes / bandwidth * 1000 / c["batch_size"]
-        rows.append({"batch_size": c["batch_size"], "ms_per_latent_request": c["ms_per_question"],
+        rows.append({"path": c["path"], "batch_size": c["batch_size"], "ms_per_latent_request": c["ms_per_question"],
                      "bound_ms": bound_ms, "of_bound": bound_ms / c["ms_per_question"]})  # fmt: skip
     return rows
 
 
 def bound_table(rows: list[dict], wbytes: int, bandwidth: float) -> str:
-    head = "| batch | ms / latent request | bandwidth bound ms | share of bound |\n|---|---|---|---|"
+    head = "| path | batch | ms / latent request | bandwidth bound ms | share of bound |\n|---|---|---|---|---|"
     body = [
-        f"| {r['batch_size']} | {r['ms_per_latent_request']:.2f} | {r['bound_ms']:.3f} | {100 * r['of_bound']:.0f}% |"
+        f"| {r['path']} | {r['batch_size']} | {r['ms_per_latent_request']:.2f} | {r['bound_ms']:.3f} | "
+        f"{100 * r['of_bound']:.0f}% |"
         for r in rows
     ]
     note = f"\nWeights read per pass: {wbytes / 2**20:.1f} MiB; "
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     report["measured_bandwidth_tb_s"] = bandwidth / 1e12
 
     def engine(model: KavaModel, anchor: HFAnchor, questions: list[Question], limits: dict) -> dict:
-        rep = bench_engine(model, questions, batch_sizes=sizes, max_new_tokens=limits, anchor=anchor)
+        rep = bench_engine(model, questions, batch_sizes=sizes, max_new_tokens=limits, anchor=anchor, graphs=True)
         wbytes = weight_bytes(model)
         # is a Jacobi pass as cheap as a decode pass here?
         passes = bench_passes(model, batch_sizes=sizes, reps=20 if not args.smoke else 2)

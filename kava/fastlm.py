@@ -322,7 +322,7 @@ class Plan:
             return cls._mixed(starts, counts, multi, view, slot, pos, send)
         grid = None if all(n == w for n in counts) else [r * w + j for r, n in enumerate(counts) for j in range(n)]
         slot_t, pos_t, pad_t, start_t = send([slot, pos, grid or [], starts])
-        return cls(b, w, view, slot_t, pos_t, pad_t if grid is not None else None, _mask(start_t, w, view))
+        return cls(b, w, view, slot_t, pos_t, pad_t if grid is not None else None, mask_upto(start_t, w, view))
 
     @classmethod
     def _mixed(cls, starts, counts, multi, view, slot, pos, send: Send) -> Plan:
@@ -346,8 +346,8 @@ class Plan:
         slot_t, pos_t, first, start_t, ones_rows, ones_pos, multi_rows, multi_pos, pad, multi_start = send(parts)
         view1 = max(starts) + 1
         view_m = max(starts[r] + counts[r] for r in multi)
-        split = Split(first, view1, _mask(start_t, 1, view1), ones_rows, ones_pos, multi_rows, multi_pos, pad, wm,
-                      view_m, _mask(multi_start, wm, view_m))  # fmt: skip
+        split = Split(first, view1, mask_upto(start_t, 1, view1), ones_rows, ones_pos, multi_rows, multi_pos, pad, wm,
+                      view_m, mask_upto(multi_start, wm, view_m))  # fmt: skip
         return cls(len(starts), max(counts), view, slot_t, pos_t, None, None, split)
 
 
@@ -396,7 +396,7 @@ class Staging:
         return list(out.split([len(part) for part in parts]))
 
 
-def _mask(starts: torch.Tensor, width: int, view: int) -> torch.Tensor:
+def mask_upto(starts: torch.Tensor, width: int, view: int) -> torch.Tensor:
     """(B, 1, width, view) bool: key k visible to query j of row r iff k <= starts[r] + j."""
     qend = starts[:, None] + torch.arange(width, device=starts.device)  # (B, W)
     return torch.arange(view, device=starts.device) <= qend[:, None, :, None]

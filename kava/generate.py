@@ -12,7 +12,9 @@ export; the server drives `Running` one pass at a time itself.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -27,6 +29,9 @@ from kava.running import Ask, Running
 __all__ = ["MODES", "BatchOutput", "BatchStats", "Mode", "SolveResult", "nearest_tokens", "solve_batch"]
 
 log = logging.getLogger(__name__)
+# solve_batch(graphs=True): one running batch per model, so its CUDA graphs outlive a call
+_GRAPHED: weakref.WeakKeyDictionary[KavaModel, Running] = weakref.WeakKeyDictionary()
+_GRAPHED_LOCK = threading.Lock()
 
 
 @torch.inference_mode()
@@ -41,12 +46,15 @@ def solve_batch(
     return_latents: bool = False,
     is_cancelled: Callable[[int], bool] | None = None,
     fast: bool = True,
+    graphs: bool = False,
 ) -> BatchOutput:
     """Answer a batch of questions.
 
     latent: prefill `Q <bot>` (+ the init pass, same forward) -> T Jacobi iterations (or M
     sequential latent passes), the last one also carrying `<eot> P` -> greedy answer.
     cot: prefill `Q` -> greedy CoT + answer. `is_cancelled(i)` drops question i between passes.
+    `graphs=True` runs the fast path's uniform passes at fixed shapes, as CUDA graphs on a CUDA
+    device (`kava.graphs`), in one running batch kept per model so its captures are reused.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: must be one of {MODES}")
@@ -62,7 +70,17 @@ def solve_batch(
         except FastPathUnsupported as exc:
             log.info("reference path for this model: %s", exc)
         else:
-            return _solve_fast(model, questions, limits, is_cancelled, **kw)
+            if not graphs:
+                return _solve_fast(model, questions, limits, is_cancelled, Running(model, rows=b, length=1), **kw)
+            with _GRAPHED_LOCK:
+                running = _GRAPHED.get(model)
+                if running is None or running.lm is not fast_lm(model):  # first call, or new weights
+                    running = _GRAPHED[model] = Running(model, rows=b, length=1, graphs=True)
+                try:
+                    return _solve_fast(model, questions, limits, is_cancelled, running, **kw)
+                except BaseException:
+                    del _GRAPHED[model]  # rows may still be inside: the next call starts a fresh one
+                    raise
     return solve_reference(model, questions, max_new_tokens=limits, is_cancelled=is_cancelled, **kw)
 
 
@@ -71,13 +89,14 @@ def _solve_fast(
     questions: Sequence[str],
     limits: list[int],
     is_cancelled: Callable[[int], bool] | None,
+    running: Running,
     **kw,
 ) -> BatchOutput:
-    """The running batch, joined by every question at once and stepped until it is empty."""
+    """The (empty) running batch, joined by every question at once and stepped until it is empty."""
+    assert not running, "solve_batch needs an empty running batch"
     t0 = time.perf_counter()
     stats = BatchStats(batch_size=len(questions), mode=kw["mode"])
     asks = [Ask(q, max_new_tokens=n, **kw) for q, n in zip(questions, limits)]
-    running = Running(model, rows=len(asks), length=1)
     rows = [running.join(ask, tag=i) for i, ask in enumerate(asks)]  # grows the cache to fit once
     while running:
         out = running.step()

@@ -19,7 +19,9 @@ phase times stay honest). A finished row leaves at the end of its pass and frees
 `leave()` drops a row between passes (cancelled, deadline). `solve_batch` runs this to
 completion for a fixed batch; the server's engine drives it one pass at a time.
 
-Does not own the model's forward (`kava.fastlm`), scheduling, or the reference path.
+With `graphs=True` the passes where every row adds as many tokens run at fixed shapes, as CUDA
+graphs on a CUDA device (`kava.graphs`). Does not own the model's forward (`kava.fastlm`),
+scheduling, or the reference path.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from kava.answers import extract_answer
 from kava.backbone import KavaModel
 from kava.config import MODES, Mode
 from kava.fastlm import KVCache, Plan, Staging, fast_lm, forward
+from kava.graphs import PassGraphs, bucket
 from kava.latent import shift_update
 from kava.prompts import prompt_ids, question_ids
 from kava.results import PHASES, SolveResult, nearest_tokens
@@ -115,12 +118,15 @@ class _Chunk:
 class Running:
     """The running batch of one adapter. Not thread-safe: one thread owns it."""
 
-    def __init__(self, model: KavaModel, *, rows: int = 8, length: int = 256):
+    def __init__(self, model: KavaModel, *, rows: int = 8, length: int = 256, graphs: bool = False):
+        """`graphs`: run uniform passes at fixed shapes (`kava.graphs`), captured as CUDA graphs
+        on a CUDA device; the cache then keeps a bucket's worth of rows for the padding."""
         self.model = model
         self.lm = fast_lm(model)
         cfg, tok = model.config, model.tokenizer
         self.suffix = [model.ids.eot, *prompt_ids(tok, cfg)]  # `<eot> P`, the same for every row
-        self.cache = KVCache(self.lm, rows, length)
+        self.cache = KVCache(self.lm, (bucket(rows) or rows) if graphs else rows, length)
+        self.graphs = PassGraphs(self.lm, self.cache) if graphs else None
         self.staging = Staging(model.device)  # the passes' index lists, sent without waiting
         # per slot: [h(<bot>), h(slot 1), ..., h(slot M)], last layer after the final norm
         self.state = torch.zeros(rows, cfg.num_latents + 1, model.hidden_size, dtype=self.lm.dtype, device=model.device)
@@ -166,6 +172,8 @@ class Running:
         row.slot = -1
 
     def _reserve(self, rows: int, length: int) -> None:
+        if self.graphs is not None:
+            rows = bucket(rows) or rows  # padding rows write slots of their own
         if rows > self.cache.rows or length > self.cache.length:
             grow_rows = rows if rows <= self.cache.rows else max(rows, 2 * self.cache.rows)
             grow_len = length if length <= self.cache.length else max(length, 2 * self.cache.length)
@@ -204,7 +212,9 @@ class Running:
         model, lm, dev = self.model, self.lm, self.model.device
         chunks = [self._chunk(r) for r in rows]
         self.staging.reset()  # the last pass ended with a host sync: nothing is still reading the buffer
-        plan = Plan.build([r.length for r in rows], [c.n for c in chunks], dev, self.staging.send)
+        starts, counts = [r.length for r in rows], [c.n for c in chunks]
+        fixed = self.graphs is not None and self.graphs.fits(counts)
+        plan = None if fixed else Plan.build(starts, counts, dev, self.staging.send)
         width = self.state.shape[1]  # M + 1
         # 1. inputs, packed row after row: token embeddings, then the latent slot inputs
         tok_pos, tok_ids, jac, seq, reads, samples = [], [], [], [], [], []
@@ -239,7 +249,10 @@ class Running:
             x.index_copy_(0, seq_at, z)
             latents.update({id(r): z[i : i + 1] for i, r in enumerate(sp)})
         # 2. the pass
-        h = forward(lm, self.cache, x, plan)  # (N, D)
+        if plan is None:
+            h = self.graphs.run(x, starts, counts, self.staging.send)  # (N, D)
+        else:
+            h = forward(lm, self.cache, x, plan)  # (N, D)
         # 3. what the rows keep: latent states, then one batched greedy pick
         keep = lm.final_norm(h[keep_at])  # (K, D)
         if reads:

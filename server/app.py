@@ -46,6 +46,7 @@ def build_engine(settings: Settings, runner: Runner | None = None) -> Engine:
             base_model=settings.base_model,
             device=settings.device,
             dtype=settings.dtype,
+            graphs=settings.cuda_graphs,
         )
     return Engine(
         runner,

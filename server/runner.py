@@ -73,9 +73,10 @@ class Runner(Protocol):
 class ModelRunner:
     """Named KavaModels sharing one base; the first one is the default and owns the base."""
 
-    def __init__(self, models: Mapping[str, KavaModel]):
+    def __init__(self, models: Mapping[str, KavaModel], *, graphs: bool = False):
         assert models, "a runner needs at least one model"
         self._models = dict(models)
+        self.graphs = graphs  # fixed-shape passes, CUDA graphs on CUDA (kava.graphs)
         self.default = next(iter(self._models))
         self._attached = 0
         for name, model in self._models.items():
@@ -91,13 +92,14 @@ class ModelRunner:
         base_model: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        graphs: bool = False,
     ) -> ModelRunner:
         first, *rest = adapters
         # the built-in id names a directory inside the package; kava.backbone.load_base_model
         # does not map it yet (only the tokenizer loader does), so map it here
         base = resolve_base(base_model or read_adapter_config(first.path)["base_model"])
         log.info("loading adapter %s from %s on base %s", first.name, first.path, base)
-        runner = cls({first.name: load_adapter(first.path, base_model=base, device=device, dtype=dtype)})
+        runner = cls({first.name: load_adapter(first.path, base_model=base, device=device, dtype=dtype)}, graphs=graphs)
         for spec in rest:
             runner.add_adapter(spec.name, spec.path)
         return runner
@@ -146,7 +148,7 @@ class ModelRunner:
         model = self._model(adapter)  # raises AdapterNotLoaded
         if self._running is None or self._adapter != adapter:
             assert self._running is None or not self._running, "switch adapters only between batches"
-            self._running, self._adapter = Running(model), adapter
+            self._running, self._adapter = Running(model, graphs=self.graphs), adapter
         return self._running
 
     def _finished(self, running: Running, row: Row) -> Finished:

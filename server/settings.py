@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="weights' dtype")
     warmup: bool = Field(default=True, description="run one short solve per mode before /ready turns 200")
+    cuda_graphs: bool = Field(
+        default=False,
+        description="run passes where every request adds as many tokens (decode, Jacobi) as CUDA graphs, one "
+        "capture per batch bucket and width (a CUDA device; on CPU the same fixed shapes, no capture)",
+    )
 
     # Where, and who may ---------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="interface to listen on")

@@ -16,10 +16,14 @@ def test_the_gpu_script_runs_on_cpu_with_tiny_shapes(tmp_path, capsys):
     sec = report["llama_1b_shape"]
     assert "error" not in sec, sec.get("traceback")
     cells = {(c["path"], c["batch_size"]) for c in sec["engine"]["cells"]}
-    assert cells == {(p, b) for p in ("hf-generate", "kava-cot", "kava-latent") for b in (1, 2)}
-    latent = [c for c in sec["engine"]["cells"] if c["path"] == "kava-latent"]
+    paths = ("hf-generate", "kava-cot", "kava-latent", "kava-cot+graphs", "kava-latent+graphs")
+    assert cells == {(p, b) for p in paths for b in (1, 2)}
+    latent = [c for c in sec["engine"]["cells"] if c["path"].startswith("kava-latent")]
     assert all(c["generated_tokens_per_question"] == 16 for c in latent), "fixed answer lengths"
-    assert [r["batch_size"] for r in sec["bound"]] == [1, 2] and all(r["bound_ms"] > 0 for r in sec["bound"])
+    assert sorted((r["path"], r["batch_size"]) for r in sec["bound"]) == [
+        (p, b) for p in ("kava-latent", "kava-latent+graphs") for b in (1, 2)
+    ]
+    assert all(r["bound_ms"] > 0 for r in sec["bound"])
     assert "bandwidth bound" in (tmp_path / "gpu.md").read_text()
     assert {r["batch"] for r in sec["passes"]["rows"]} == {1, 2}
     assert "One forward pass" in (tmp_path / "gpu.md").read_text()

@@ -68,9 +68,11 @@ def test_one_pass_equals_the_hf_forward(tiny_bases, family):
     torch.testing.assert_close(lm.logits(h[ends]), ref.logits[:, -1], atol=1e-4, rtol=1e-4)
 
 
-def test_rows_join_midway_and_mix_modes(tiny_bases, family):
+@pytest.mark.parametrize("graphs", [False, True])
+def test_rows_join_midway_and_mix_modes(tiny_bases, family, graphs):
     """Iteration-level batching: rows of both modes and different T join while others
-    decode, one leaves early; each row gets exactly what it gets alone."""
+    decode, one leaves early; each row gets exactly what it gets alone. With `graphs` the
+    passes where every row adds as many tokens run at fixed shapes (`kava.graphs`)."""
     model = make_model(tiny_bases[family])
     asks = [
         Ask(QUESTIONS[0], "latent", max_new_tokens=6),
@@ -79,7 +81,7 @@ def test_rows_join_midway_and_mix_modes(tiny_bases, family):
         Ask(QUESTIONS[3], "cot", max_new_tokens=4),
         Ask(QUESTIONS[2], "latent", max_new_tokens=4, sequential=True, return_latents=True),
     ]
-    running = Running(model, rows=2, length=8)  # too small on purpose: joining grows it
+    running = Running(model, rows=2, length=8, graphs=graphs)  # too small on purpose: joining grows it
     joins = {0: 0, 1: 1, 2: 2, 4: 3, 5: 4}  # pass number -> ask joining before it
     rows, done = {}, {}
     for n in range(40):
@@ -95,6 +97,7 @@ def test_rows_join_midway_and_mix_modes(tiny_bases, family):
         done.update({r.tag: running.result(r) for r in out.finished})
     assert sorted(done) == list(range(len(asks)))
     assert done[1].finish_reason == "cancelled" and done[1].generated_tokens < 9
+    assert not graphs or running.graphs.passes  # some passes did run at fixed shapes
     for i, ask in enumerate(asks):
         if i == 1:
             continue

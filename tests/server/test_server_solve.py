@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from server_harness import QUESTIONS, app_over, client_for, metric_samples, run, sample_value
 
 from kava.generate import solve_batch
+from server.runner import ModelRunner
 
 FIELDS = {"id", "answer", "text", "mode", "adapter", "usage", "timings_ms", "kv_cache_bytes"}
 
@@ -53,7 +55,10 @@ def test_solve_round_trip(runner, tiny_model):
     run(scenario())
 
 
-def test_concurrent_requests_are_batched_and_match_solving_alone(runner, tiny_model):
+@pytest.mark.parametrize("graphs", [False, True])
+def test_concurrent_requests_are_batched_and_match_solving_alone(tiny_model, graphs):
+    """With `cuda_graphs` the engine's uniform passes run at fixed shapes (no capture on CPU)."""
+    runner = ModelRunner({"tiny": tiny_model}, graphs=graphs)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(32)]
     alone = {q: solve_batch(tiny_model, [q], max_new_tokens=6).results[0].text for q in QUESTIONS}
 
@@ -68,6 +73,7 @@ def test_concurrent_requests_are_batched_and_match_solving_alone(runner, tiny_mo
         singles = sample_value(batches, "kava_batch_size_bucket", le="1.0")
         assert sample_value(batches, "kava_batch_size_sum") >= 32  # rows per forward pass, summed over passes
         assert singles < n, "some batch must hold more than one request"
+        assert not graphs or runner._running.graphs.passes  # some passes ran at fixed shapes
 
     run(scenario())
 
