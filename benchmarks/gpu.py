@@ -1,6 +1,7 @@
 """The prepared GPU run: the tests marked `gpu`, a profile of batch-1 solves (where a pass's
-time goes), then the engine benchmark on CUDA in bf16 for the built-in model and for a
-Llama-3.2-1B-shaped model with random weights, at batch 1, 8 and 32, with ms per latent
+time goes: in the forward or around it, with and without CUDA graphs, then the top ops), then
+the engine benchmark on CUDA in bf16 for the built-in model and for a Llama-3.2-1B-shaped model
+with random weights, at batch 1, 8 and 32, packed and with CUDA graphs, with ms per latent
 request set against the bandwidth bound.
 
     python -m benchmarks.gpu --out runs/gpu              # a CUDA machine; a few minutes on an H100/H200
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 import traceback
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -170,6 +172,14 @@ def markdown(report: dict) -> str:
         parts.append(bound_table(sec["bound"], sec["weight_bytes"], sec["bandwidth_bytes_s"]))
         parts.append("One forward pass of each shape:\n\n" + passes_table(sec["passes"]))
     prof = report.get("profile")
+    if isinstance(prof, dict) and "split" in prof:
+        rows = [
+            f"| {r['mode']} | {'yes' if r['graphs'] else 'no'} | {r['ms_per_pass']:.2f} | "
+            f"{r['forward_ms_per_pass']:.2f} | {r['outside_ms_per_pass']:.2f} |"
+            for r in prof["split"]
+        ]
+        head = "| mode | graphs | ms / pass | in the forward | outside it |\n|---|---|---|---|---|"
+        parts.append("## Where a batch-1 pass's time goes\n\n" + "\n".join([head, *rows]) + "\n")
     if isinstance(prof, dict) and "cot" in prof:
         for mode in ("cot", "latent"):
             p = prof[mode]
@@ -258,7 +268,7 @@ def profile_solves(model: KavaModel, questions: list[str], device: torch.device)
 
     solve_batch(model, questions[:1], mode="cot", max_new_tokens=8)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    out: dict = {}
+    out: dict = {"split": [pass_split(model, questions, device, *c) for c in product(("cot", "latent"), (False, True))]}
     for mode, limit in (("cot", 96), ("latent", 16)):
         passes = 0
         with profile(activities=activities) as prof:
@@ -272,6 +282,44 @@ def profile_solves(model: KavaModel, questions: list[str], device: torch.device)
             "by_device": table.table(sort_by="self_device_time_total", row_limit=12) if device.type == "cuda" else "",
         }
     return out
+
+
+def pass_split(model: KavaModel, questions: list[str], device: torch.device, mode: str, graphs: bool) -> dict:
+    """Wall ms a pass of one-question solves, and how much of it the forward itself takes
+    (synchronised before and after, so queued device work lands inside): the rest is the
+    step's host work around the forward."""
+    import kava.running as running
+    from kava.generate import solve_batch
+
+    inside = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            sync(device)
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            sync(device)
+            inside[0] += time.perf_counter() - t0
+            return result
+
+        return wrapper
+
+    limit = 96 if mode == "cot" else 16
+    solve_batch(model, questions[:1], mode=mode, max_new_tokens=limit, graphs=graphs)  # captures, allocations
+    forward, run = running.forward, running.PassGraphs.run
+    running.forward, running.PassGraphs.run = timed(forward), timed(run)
+    try:
+        sync(device)
+        t0, passes = time.perf_counter(), 0
+        for q in questions:
+            passes += solve_batch(model, [q], mode=mode, max_new_tokens=limit, graphs=graphs).results[0].forward_passes
+        sync(device)
+        wall = time.perf_counter() - t0
+    finally:
+        running.forward, running.PassGraphs.run = forward, run
+    ms = 1000 / passes
+    return {"mode": mode, "graphs": graphs, "passes": passes, "ms_per_pass": wall * ms,
+            "forward_ms_per_pass": inside[0] * ms, "outside_ms_per_pass": (wall - inside[0]) * ms}  # fmt: skip
 
 
 def _run_gpu_tests() -> dict:
