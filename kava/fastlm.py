@@ -243,6 +243,7 @@ class KVCache:
         self.shape = (len(lm.layers), rows, lm.n_kv, length, lm.head_dim)
         self.k = torch.zeros(self.shape, dtype=lm.dtype, device=lm.device)
         self.v = torch.zeros(self.shape, dtype=lm.dtype, device=lm.device)
+        self.version = 0  # +1 on every reallocation (what a captured pass points at is gone)
 
     @property
     def rows(self) -> int:
@@ -264,6 +265,7 @@ class KVCache:
         self.shape = (self.shape[0], max(rows, r), self.shape[2], max(length, n), self.shape[4])
         self.k = old_k.new_zeros(self.shape)
         self.v = old_v.new_zeros(self.shape)
+        self.version += 1
         self.k[:, :r, :, :n] = old_k
         self.v[:, :r, :, :n] = old_v
 

@@ -84,23 +84,25 @@ class GraphPass(StaticPass):
 class PassGraphs:
     """The fixed-shape passes of one running batch's cache, built on first use."""
 
-    def __init__(self, lm: FastLM, cache: KVCache):
-        self.lm, self.cache = lm, cache
+    def __init__(self, lm: FastLM, cache: KVCache, max_width: int):
+        """`max_width`: the widest pass to fix (the latent passes'; a prefill stays packed)."""
+        self.lm, self.cache, self.max_width = lm, cache, max_width
         self.cuda = lm.device.type == "cuda"
         self.pool = torch.cuda.graph_pool_handle() if self.cuda else None
         self.passes: dict[tuple[int, int], StaticPass] = {}
-        self._storage = cache.k.data_ptr()
+        self._version = cache.version
 
     def fits(self, counts: Sequence[int]) -> bool:
         """Whether a pass adding `counts[r]` tokens to row r has a fixed shape here."""
         size = bucket(len(counts))
-        return size is not None and size <= self.cache.rows and len(set(counts)) == 1
+        uniform = len(set(counts)) == 1 and counts[0] <= self.max_width
+        return uniform and size is not None and size <= self.cache.rows
 
     def run(self, x: torch.Tensor, starts: Sequence[int], counts: Sequence[int], send: Send) -> torch.Tensor:
         """The pass `fits` accepted: packed inputs (N, D) -> last-layer outputs (N, D)."""
-        if self.cache.k.data_ptr() != self._storage:  # the cache was reallocated: stale captures
+        if self.cache.version != self._version:  # the cache was reallocated: stale captures
             self.passes.clear()
-            self._storage = self.cache.k.data_ptr()
+            self._version = self.cache.version
         key = (bucket(len(counts)), counts[0])
         p = self.passes.get(key)
         fresh = p is None

@@ -126,7 +126,8 @@ class Running:
         cfg, tok = model.config, model.tokenizer
         self.suffix = [model.ids.eot, *prompt_ids(tok, cfg)]  # `<eot> P`, the same for every row
         self.cache = KVCache(self.lm, (bucket(rows) or rows) if graphs else rows, length)
-        self.graphs = PassGraphs(self.lm, self.cache) if graphs else None
+        widest = cfg.num_latents + len(self.suffix)  # the last Jacobi pass; a prefill stays packed
+        self.graphs = PassGraphs(self.lm, self.cache, widest) if graphs else None
         self.staging = Staging(model.device)  # the passes' index lists, sent without waiting
         # per slot: [h(<bot>), h(slot 1), ..., h(slot M)], last layer after the final norm
         self.state = torch.zeros(rows, cfg.num_latents + 1, model.hidden_size, dtype=self.lm.dtype, device=model.device)
