@@ -27,3 +27,14 @@ def test_the_gpu_script_runs_on_cpu_with_tiny_shapes(tmp_path, capsys):
     assert "bandwidth bound" in (tmp_path / "gpu.md").read_text()
     assert {r["batch"] for r in sec["passes"]["rows"]} == {1, 2}
     assert "One forward pass" in (tmp_path / "gpu.md").read_text()
+
+
+def test_the_pass_split_adds_up_and_sees_the_forward(bench_model):
+    import torch
+
+    questions = ["Tom has 3 apples and buys 4 more. How many apples does he have?"] * 2
+    for graphs in (False, True):
+        r = gpu.pass_split(bench_model, questions, torch.device("cpu"), "latent", graphs)
+        assert r["passes"] > 2 and r["outside_ms_per_pass"] > 0
+        assert r["forward_ms_per_pass"] > r["outside_ms_per_pass"]  # on CPU the forward is most of a pass
+        assert abs(r["forward_ms_per_pass"] + r["outside_ms_per_pass"] - r["ms_per_pass"]) < 1e-6
