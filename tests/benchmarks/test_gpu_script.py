@@ -36,5 +36,6 @@ def test_the_pass_split_adds_up_and_sees_the_forward(bench_model):
     for graphs in (False, True):
         r = gpu.pass_split(bench_model, questions, torch.device("cpu"), "latent", graphs)
         assert r["passes"] > 2 and r["outside_ms_per_pass"] > 0
-        assert r["forward_ms_per_pass"] > r["outside_ms_per_pass"]  # on CPU the forward is most of a pass
+        # the forward is most of a pass on CPU; timing only the prefills (one pass in ~19) would read ~5%
+        assert r["forward_ms_per_pass"] > 0.3 * r["ms_per_pass"]
         assert abs(r["forward_ms_per_pass"] + r["outside_ms_per_pass"] - r["ms_per_pass"]) < 1e-6
