@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +54,7 @@ def evaluate(
         "generated_tokens": 0,
         "kv_cache_bytes": 0,
     }
-    records = []
+    records, right = [], []
     t0 = time.perf_counter()
     bar = tqdm(total=len(examples), desc=f"eval {mode}", disable=not progress, leave=False)
     for start in range(0, len(examples), batch_size):
@@ -64,6 +65,7 @@ def evaluate(
         for ex, r in zip(chunk, out.results):
             ok = same_number(r.answer, ex.answer)
             totals["correct"] += ok
+            right.append(ok)
             for k in ("forward_passes", "prompt_tokens", "latent_tokens", "generated_tokens", "kv_cache_bytes"):
                 totals[k] += getattr(r, k)
             if keep_records:
@@ -93,10 +95,43 @@ def evaluate(
         "seconds_per_question": wall / n,
         "wall_seconds": wall,
         "batch_size": batch_size,
+        "by": breakdown(examples, right),
     }
     if keep_records:
         result["records"] = records
     return result
+
+
+_OPERATION = re.compile(r"\d\s*([-+*/])\s*\d")
+
+
+def breakdown(examples: Sequence[Example], right: Sequence[bool]) -> dict[str, dict[str, dict[str, float]]]:
+    """Accuracy by the number of written steps and by the last step's operation (+ - * /;
+    "?" where none is written): where a mode goes wrong, not only how often."""
+    groups: dict[str, dict[str, list[bool]]] = {"steps": {}, "last_op": {}}
+    for ex, ok in zip(examples, right):
+        op = _OPERATION.search(ex.steps[-1]) if ex.steps else None
+        groups["steps"].setdefault(str(len(ex.steps)), []).append(ok)
+        groups["last_op"].setdefault(op.group(1) if op else "?", []).append(ok)
+    return {
+        name: {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(g.items())}
+        for name, g in groups.items()
+    }
+
+
+def breakdown_table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per mode: accuracy (n) per step count, then per last operation."""
+    cols = [
+        (name, k) for name in ("steps", "last_op") for k in sorted({k for r in results.values() for k in r["by"][name]})
+    ]
+    label = {"steps": "{} steps", "last_op": "last {}"}
+    head = "| mode | " + " | ".join(label[name].format(k) for name, k in cols) + " |"
+    rows = [head, "|---" * (len(cols) + 1) + "|"]
+    for mode, r in results.items():
+        cells = [r["by"][name].get(k) for name, k in cols]
+        rows.append(f"| {mode} | " + " | ".join(
+            "–" if c is None else f"{100 * c['accuracy']:.1f}% ({c['n']})" for c in cells) + " |")  # fmt: skip
+    return "\n".join(rows)
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
@@ -189,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"adapter": str(args.adapter), "data": args.data, "style": args.style}
     summary |= {"max_value": args.max_value, **results}
     summary |= _comparison(results)
-    tables = [markdown_table(results)]
+    tables = [markdown_table(results), "by step count and last operation:\n" + breakdown_table(results)]
     hand = args.handwritten  # a Path; '' becomes Path('.'), not a file, so it skips
     if args.data == "builtin" and hand.is_file():
         hand_ex = resolve_examples(str(hand), style=args.style, n=args.limit, split="eval")

@@ -11,7 +11,7 @@ from kava.adapters import save_adapter
 from kava.prompts import Example
 from kava_cli.main import main as kava_main
 from training.data.task import held_out, held_out_rephrased
-from training.evaluate import evaluate
+from training.evaluate import breakdown, breakdown_table, evaluate
 
 FIELDS = {
     "accuracy",
@@ -50,6 +50,26 @@ def test_accuracy_is_one_for_a_model_that_answers_right(tiny_bases):
     latent = evaluate(model, right, mode="latent", max_new_tokens=1, progress=False)
     assert latent["latent_tokens_per_question"] == model.config.num_latents
     assert latent["forward_passes_per_question"] == 1 + model.config.num_iterations
+    mixed = evaluate(model, right + wrong, mode="latent", max_new_tokens=1, progress=False)
+    assert mixed["by"]["steps"] == {"1": {"n": 8, "accuracy": 5 / 8}}
+    assert mixed["by"]["last_op"] == {"+": {"n": 8, "accuracy": 5 / 8}}
+
+
+def test_the_breakdown_groups_by_step_count_and_last_operation():
+    examples = [
+        Example("a", ("<<2*3=6>>", "<<6+1=7>>"), "7"),
+        Example("b", ("<<2*3=6>>", "<<6-1=5>>"), "5"),
+        Example("c", ("Tom has 12/3=4 boxes.",), "4"),  # natural-language steps carry the same a op b=c
+        Example("d", ("<<9-2=7>>", "<<7+1=8>>"), "8"),
+        Example("e", (), "3"),  # no steps written (no-CoT data)
+    ]
+    by = breakdown(examples, [True, False, True, False, True])
+    assert by["steps"] == {"0": {"n": 1, "accuracy": 1.0}, "1": {"n": 1, "accuracy": 1.0},
+                           "2": {"n": 3, "accuracy": 1 / 3}}  # fmt: skip
+    assert by["last_op"] == {"+": {"n": 2, "accuracy": 0.5}, "-": {"n": 1, "accuracy": 0.0},
+                             "/": {"n": 1, "accuracy": 1.0}, "?": {"n": 1, "accuracy": 1.0}}  # fmt: skip
+    table = breakdown_table({"latent": {"by": by}})
+    assert "| latent |" in table and "2 steps" in table and "last /" in table and "33.3% (3)" in table
 
 
 def test_kava_eval_cli_json(tiny_bases, tmp_path, capsys):
