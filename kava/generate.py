@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,9 +28,7 @@ from kava.running import Ask, Running
 __all__ = ["MODES", "BatchOutput", "BatchStats", "Mode", "SolveResult", "nearest_tokens", "solve_batch"]
 
 log = logging.getLogger(__name__)
-# solve_batch(graphs=True): one running batch per model, so its CUDA graphs outlive a call
-_GRAPHED: weakref.WeakKeyDictionary[KavaModel, Running] = weakref.WeakKeyDictionary()
-_GRAPHED_LOCK = threading.Lock()
+_GRAPHED_LOCK = threading.Lock()  # solve_batch(graphs=True): one caller at a time per process
 
 
 @torch.inference_mode()
@@ -73,15 +70,23 @@ def solve_batch(
             if not graphs:
                 return _solve_fast(model, questions, limits, is_cancelled, Running(model, rows=b, length=1), **kw)
             with _GRAPHED_LOCK:
-                running = _GRAPHED.get(model)
-                if running is None or running.lm is not fast_lm(model):  # first call, or new weights
-                    running = _GRAPHED[model] = Running(model, rows=b, length=1, graphs=True)
+                running = graphed_running(model, b)
                 try:
                     return _solve_fast(model, questions, limits, is_cancelled, running, **kw)
                 except BaseException:
-                    del _GRAPHED[model]  # rows may still be inside: the next call starts a fresh one
+                    model.graphed_running = None  # rows may still be inside: the next call starts a fresh one
                     raise
     return solve_reference(model, questions, max_new_tokens=limits, is_cancelled=is_cancelled, **kw)
+
+
+def graphed_running(model: KavaModel, rows: int) -> Running:
+    """The running batch `solve_batch(graphs=True)` keeps on the model, so its captures outlive
+    a call (a reference cycle the collector frees with the model, unlike a weak-keyed table
+    whose values point back at their keys); a new one after the weights change."""
+    running = getattr(model, "graphed_running", None)
+    if running is None or running.lm is not fast_lm(model):
+        running = model.graphed_running = Running(model, rows=rows, length=1, graphs=True)
+    return running
 
 
 def _solve_fast(
