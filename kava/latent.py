@@ -88,7 +88,8 @@ def prefill_on_question(
     The teacher's rows start with the same Q tokens at the same positions under the same
     weights, so their first |Q| keys and values are what the student's prefill would compute
     (gradients then reach the weights through one computation instead of two identical ones;
-    their sum is the same). Only `<bot>` (and the fused init slots) run here. `question_kv`:
+    their sum is the same). With LoRA dropout the student reads the teacher's draw on Q rather
+    than one of its own. Only `<bot>` (and the fused init slots) run here. `question_kv`:
     per layer (B, Hkv, Lt, d), each row's Q at columns 0..|Q|-1 (right-padded teacher rows);
     `prefix` is the left-padded `Q <bot>` batch."""
     mask = prefix.attention_mask  # (B, Lp), every row ends with <bot>
