@@ -2,8 +2,9 @@
 from `training/recipes/tiny-cpu.yaml` in a chain of runs (`RUNS`), each but the first starting
 from the adapter the one before wrote (`init_adapter`), and copied into `kava/builtin/adapter`:
 the built-in budget (`BUDGET`), a fine-tune on questions asked the way people ask (`PHRASING`),
-more steps on that mix (`MORE`), a low-lr tail that gives back the CoT teacher (`TAIL`), and
-461 steps of 8x the batch (`WIDE`), first run on a GPU."""
+more steps on that mix (`MORE`), a low-lr tail that gives back the CoT teacher (`TAIL`),
+461 steps of 8x the batch (`WIDE`), first run on a GPU, 667 more wide steps with the CODI weight
+lowered (`CPU_WIDE`) and a short tail (`CPU_TAIL`)."""
 
 from __future__ import annotations
 
@@ -74,8 +75,49 @@ WIDE = (
     "optim.lr=5e-4",
     "optim.eval_every=200",
 )
+# then, on the 2-core CPU, 667 more steps of 256 problems with the CODI weight at 1 (10 gave the same
+# latent accuracy and 4 points less CoT): latent 23.4 -> 28.6%, CoT 92.4 -> 96.2% (docs/experiments.md,
+# "Wide continuations on this CPU"); ~9.5 s a step on one core, 120 min (`optim.max_minutes=120`,
+# where the schedule decayed on time; 667 steps is where it stopped). Both CPU stages were trained with
+# `optim.mixed_precision=bf16`; the build runs them in fp32 (accelerate fixes the precision once a process)
+CPU_WIDE = (
+    "method.teacher_ce_weight=5",
+    "method.codi_weight=1",
+    "data.min_steps=1",
+    "data.rephrase=0.5",
+    "data.small_numbers=0.3",
+    "data.seed=41",
+    "data.num_train=200000",
+    "optim.batch_size=256",
+    "optim.max_steps=667",
+    "optim.lr=3e-4",
+    "optim.eval_every=200",
+)
+# and a short tail on the milder mix, batches grouped by length: 27.6% / 96.8%, and the README's apple
+# question right again in latent mode (the wide run answered 8); 8.5 min on one core, 419 steps
+CPU_TAIL = (
+    "method.teacher_ce_weight=5",
+    "method.codi_weight=1",
+    "data.min_steps=1",
+    "data.rephrase=0.3",
+    "data.small_numbers=0.15",
+    "data.seed=62",
+    "data.num_train=20000",
+    "data.group_by_length=16",
+    "optim.max_steps=419",
+    "optim.lr=2e-4",
+    "optim.eval_every=200",
+)
 # (run dir under work, settings)
-RUNS = (("adapter", BUDGET), ("phrasing", PHRASING), ("more", MORE), ("tail", TAIL), ("wide", WIDE))
+RUNS = (
+    ("adapter", BUDGET),
+    ("phrasing", PHRASING),
+    ("more", MORE),
+    ("tail", TAIL),
+    ("wide", WIDE),
+    ("cpu-wide", CPU_WIDE),
+    ("cpu-tail", CPU_TAIL),
+)
 
 
 def _run(run_dir: Path, base_id: str, settings: tuple, stop_after: int | None) -> bool:

@@ -43,9 +43,9 @@ def test_every_stage_of_the_builtin_build_runs(tmp_path: Path) -> None:
 
     assert build_adapter(work, str(root / "base"), root / "adapter", overrides=ADAPTER)
     trained = json.loads((root / "adapter" / "kava_config.json").read_text())["extra"]["train_config"]
-    assert trained["init_adapter"] == str(work / "tail" / "adapter")  # the last stage, from the run before it
+    assert trained["init_adapter"] == str(work / "cpu-wide" / "adapter")  # the last stage, from the run before it
     assert trained["data"]["rephrase"] > 0 and trained["data"]["min_steps"] == 1
-    stages = ("adapter", "phrasing", "more", "tail")
+    stages = ("adapter", "phrasing", "more", "tail", "wide", "cpu-wide", "cpu-tail")
     chain = [json.loads((work / n / "train_config.json").read_text()).get("init_adapter") for n in stages[1:]]
     assert chain == [str(work / n / "adapter") for n in stages[:-1]]
     model = load_adapter(root / "adapter", device="cpu", dtype="float32")
