@@ -63,20 +63,33 @@ def prefill(model: KavaModel, prefix: PrefixBatch, init_slots: int = 0) -> Prefi
     whose inputs do not depend on the prompt's output) runs in the same forward pass and
     only the prompt's KV is kept."""
     mask = prefix.attention_mask  # (B, Lp)
-    b, lp = mask.shape
-    x = model.embed(prefix.input_ids)  # (B, Lp, D)
-    full = mask
-    if init_slots:
-        x = torch.cat([x, model.latent_placeholders(b, init_slots).to(x.dtype)], dim=1)
-        full = torch.cat([mask, mask.new_ones((b, init_slots))], dim=1)  # (B, Lp + M)
+    x, full = _with_init_slots(model, model.embed(prefix.input_ids), mask, init_slots)  # (B, Lp [+ M], D)
     out = model(x, full, positions(full))
+    return _prefix(out, mask, mask.shape[1] - 1, init_slots)
+
+
+def _with_init_slots(
+    model: KavaModel, x: torch.Tensor, mask: torch.Tensor, init_slots: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (B, L, D) with M `<latent>` placeholders appended, and the mask over the prompt
+    (B, Lp) extended by M ones."""
+    if not init_slots:
+        return x, mask
+    x = torch.cat([x, model.latent_placeholders(x.shape[0], init_slots).to(x.dtype)], dim=1)
+    return x, torch.cat([mask, mask.new_ones((mask.shape[0], init_slots))], dim=1)  # (B, Lp + M)
+
+
+def _prefix(out, mask: torch.Tensor, at: int, init_slots: int) -> Prefix:
+    """The prompt's part of a prefill pass: KV of its Lp columns, h and logits of its last
+    token (input position `at`), and the init slots' outputs right after it."""
+    lp = mask.shape[1]
     return Prefix(
         kv=[(k[:, :, :lp], v[:, :, :lp]) for k, v in cache_kv(out.cache)],
         mask=mask,
         lengths=mask.sum(-1),
-        last_hidden=out.hidden[:, lp - 1],
-        last_logits=out.logits[:, lp - 1],
-        init_hidden=out.hidden[:, lp:] if init_slots else None,
+        last_hidden=out.hidden[:, at],
+        last_logits=out.logits[:, at],
+        init_hidden=out.hidden[:, at + 1 :] if init_slots else None,
     )
 
 
@@ -94,26 +107,15 @@ def prefill_on_question(
     `prefix` is the left-padded `Q <bot>` batch."""
     mask = prefix.attention_mask  # (B, Lp), every row ends with <bot>
     b, lp = mask.shape
-    lengths = mask.sum(-1)
-    q_len = lengths - 1  # (B,)
+    q_len = mask.sum(-1) - 1  # (B,)
     col = torch.arange(lp - 1, device=mask.device)[None] - (lp - 1 - q_len)[:, None]  # (B, Lp-1) teacher column
     k0 = question_kv[0][0]
     index = col.clamp(min=0)[:, None, :, None].expand(b, k0.shape[1], lp - 1, k0.shape[3])  # pads read column 0
     kv = [(k.gather(2, index), v.gather(2, index)) for k, v in question_kv]
-    x = model.embed(prefix.input_ids[:, -1:])  # (B, 1, D): <bot>
-    if init_slots:
-        x = torch.cat([x, model.latent_placeholders(b, init_slots).to(x.dtype)], dim=1)
-    full = torch.cat([mask, mask.new_ones((b, init_slots))], dim=1)  # (B, Lp + M)
-    pos = q_len[:, None] + torch.arange(1 + init_slots, device=mask.device)[None]  # (B, 1 + M)
+    x, full = _with_init_slots(model, model.embed(prefix.input_ids[:, -1:]), mask, init_slots)  # <bot> [+ M]
+    pos = q_len[:, None] + torch.arange(x.shape[1], device=mask.device)[None]  # (B, 1 [+ M])
     out = model(x, full, pos, DynamicCache(ddp_cache_data=kv))
-    return Prefix(
-        kv=[(k[:, :, :lp], v[:, :, :lp]) for k, v in cache_kv(out.cache)],
-        mask=mask,
-        lengths=lengths,
-        last_hidden=out.hidden[:, 0],
-        last_logits=out.logits[:, 0],
-        init_hidden=out.hidden[:, 1:] if init_slots else None,
-    )
+    return _prefix(out, mask, 0, init_slots)
 
 
 # 2. One pass of M slots on top of the prefix --------------------------------------------
