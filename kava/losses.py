@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kava.backbone import KavaModel
 from kava.compression import answer_attention, compress_teacher_kv
 from kava.keys import capture_pre_rope_keys
-from kava.latent import prefill, prefill_on_question, run_latents
+from kava.latent import cache_kv, prefill, prefill_on_question, run_latents
 from kava.prompts import IGNORE, TrainBatch, positions
 
 _ELEMENTWISE = {
@@ -141,8 +141,7 @@ def training_step(model: KavaModel, batch: TrainBatch, *, share_question: bool =
     m = cfg.num_latents
     if share_question:
         fuse_init = not cfg.sequential and cfg.num_iterations > 0  # as inference fuses it
-        t_cache = [(la.keys, la.values) for la in t_out.cache.layers]
-        pre = prefill_on_question(model, batch.prefix, t_cache, init_slots=m if fuse_init else 0)
+        pre = prefill_on_question(model, batch.prefix, cache_kv(t_out.cache), init_slots=m if fuse_init else 0)
     else:
         pre = prefill(model, batch.prefix)
     lp = pre.mask.shape[1]
@@ -171,7 +170,7 @@ def training_step(model: KavaModel, batch: TrainBatch, *, share_question: bool =
     kv = zero
     if need_kv:
         with torch.no_grad():
-            t_kv = t_keys.replace_keys(t_out.cache) if pre_rope else [(la.keys, la.values) for la in t_out.cache.layers]
+            t_kv = t_keys.replace_keys(t_out.cache) if pre_rope else cache_kv(t_out.cache)
             tk, tv = _stack_kv(t_kv, slice(None))
             attn = answer_attention(t_out.attentions, batch.answer_mask) if need_attn else None
             comp = compress_teacher_kv(
