@@ -33,23 +33,23 @@ def bucket(rows: int) -> int | None:
 
 
 class StaticPass:
-    """One (rows, width) pass over a cache with fixed buffers: x, then the index lists."""
+    """One (rows, width) pass over a cache with fixed buffers: x, the rows' slots, their positions."""
 
     def __init__(self, lm: FastLM, cache: KVCache, rows: int, width: int):
         self.lm, self.cache, self.rows, self.width = lm, cache, rows, width
         n = rows * width
         self.x = torch.zeros(n, lm.embedding.shape[1], dtype=lm.dtype, device=lm.device)  # (N, D)
-        self.index = torch.zeros(2 * n + rows, dtype=torch.long, device=lm.device)
-        self.slot, self.pos, self.starts = self.index.split([n, n, rows])
+        self.slot = torch.arange(rows, device=lm.device).repeat_interleave(width)  # (N,) fixed: row r's tokens
+        self.index = torch.zeros(n + rows, dtype=torch.long, device=lm.device)  # what changes each pass
+        self.pos, self.starts = self.index.split([n, rows])
 
     def load(self, x: torch.Tensor, starts: Sequence[int], send: Send) -> None:
         """This pass's packed inputs (b * width, D) for rows 0..b-1 starting at `starts`;
         rows b.. of the bucket are padding: zero inputs at columns 0..width-1 of their slots."""
         w, n = self.width, x.shape[0]
         starts = list(starts) + [0] * (self.rows - len(starts))
-        slot = [r for r in range(self.rows) for _ in range(w)]
         pos = [s + j for s in starts for j in range(w)]
-        self.index.copy_(send([slot + pos + starts])[0])
+        self.index.copy_(send([pos + starts])[0])
         self.x[:n].copy_(x)
         self.x[n:].zero_()
 
