@@ -47,7 +47,6 @@ def evaluate(
     """Accuracy and per-question costs of `model` on `examples` in `mode`."""
     max_new = max_new_tokens or DEFAULT_MAX_NEW[mode]
     totals = {
-        "correct": 0,
         "forward_passes": 0,
         "prompt_tokens": 0,
         "latent_tokens": 0,
@@ -64,7 +63,6 @@ def evaluate(
         )
         for ex, r in zip(chunk, out.results):
             ok = same_number(r.answer, ex.answer)
-            totals["correct"] += ok
             right.append(ok)
             for k in ("forward_passes", "prompt_tokens", "latent_tokens", "generated_tokens", "kv_cache_bytes"):
                 totals[k] += getattr(r, k)
@@ -85,8 +83,8 @@ def evaluate(
     result: dict[str, Any] = {
         "mode": mode,
         "n": len(examples),
-        "accuracy": totals["correct"] / n,
-        "correct": totals["correct"],
+        "accuracy": sum(right) / n,
+        "correct": sum(right),
         "forward_passes_per_question": totals["forward_passes"] / n,
         "prompt_tokens_per_question": totals["prompt_tokens"] / n,
         "latent_tokens_per_question": totals["latent_tokens"] / n,
